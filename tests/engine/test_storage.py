@@ -1,0 +1,101 @@
+"""Storage: templates become VE roots by snapshot; identities differ; pools grow; roots purge clean."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from vzengine import Engine
+from vzengine.storage import mountpoints
+
+pytestmark = pytest.mark.root
+
+
+def test_a_ve_root_is_a_btrfs_snapshot_of_its_template(engine, new_ctid, vz_root):
+    ctid = new_ctid()
+    engine.create(ctid, "tiny")
+    private = vz_root / f"pool/private/{ctid}"
+    assert os.lstat(private).st_ino == 256  # a subvolume root
+    show = subprocess.run(["btrfs", "subvolume", "show", str(private)], capture_output=True, text=True).stdout
+    assert "templates/tiny" in show or "Parent UUID" in show
+    assert private.stat().st_uid == engine.layout.idmap[0]  # shifted into the VE's id range
+
+
+@pytest.mark.slow
+def test_ves_get_their_own_machine_id_and_ssh_host_keys(engine, new_ctid, vz_root):
+    a, b = new_ctid(), new_ctid()
+    for ctid in (a, b):
+        engine.create(ctid, "debian-12-sysv")
+
+    def ident(ctid):
+        root = vz_root / f"pool/private/{ctid}/etc"
+        return (root / "machine-id").read_text(), (root / "ssh/ssh_host_ed25519_key.pub").read_text().split()[1]
+
+    assert ident(a)[0] != ident(b)[0] and ident(a)[1] != ident(b)[1]
+    assert len(ident(a)[0].strip()) == 32
+
+
+def test_destroy_removes_subvolumes_the_ve_made_inside(engine, new_ctid, vz_root):
+    ctid = new_ctid()
+    engine.create(ctid, "tiny")
+    private = vz_root / f"pool/private/{ctid}"
+    subprocess.run(["btrfs", "-q", "subvolume", "create", str(private / "root/nested")], check=True)
+    engine.destroy(ctid)
+    assert not private.exists()
+
+
+def test_template_list_shows_built_templates(cli):
+    r = cli("vzctl", "template", "list")
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
+    assert {"tiny", "debian-12", "debian-12-sysv"} <= set(rows)
+    assert rows["tiny"][1] == "busybox" and rows["tiny"][2] == "yes"
+
+
+@pytest.fixture
+def scratch_root():
+    """A second private root, for tests that change the pool itself."""
+    root = Path(tempfile.mkdtemp(prefix="vztest-scratch-", dir="/var/tmp"))
+    os.chmod(root, 0o711)
+    yield root
+    Engine(root).purge()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_pool_grows_online(scratch_root):
+    (scratch_root / "vz.conf").write_text('POOL_SIZE="1G"\n')
+    eng = Engine(scratch_root)
+    eng.ensure_ready()
+    before = os.statvfs(eng.layout.pool)
+    eng.storage.grow("2G")
+    after = os.statvfs(eng.layout.pool)
+    assert after.f_blocks * after.f_frsize > before.f_blocks * before.f_frsize * 1.8
+
+
+def test_purge_leaves_no_mount_loop_device_or_cgroup(scratch_root):
+    (scratch_root / "vz.conf").write_text('POOL_SIZE="1G"\n')
+    eng = Engine(scratch_root)
+    eng.create(501, "tiny")
+    eng.start(501)
+    tag = eng.layout.tag
+    eng.purge()
+    assert str(eng.layout.pool) not in mountpoints()
+    loops = subprocess.run(["losetup", "-j", str(eng.layout.pool_image)], capture_output=True, text=True).stdout
+    assert loops.strip() == ""
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/vz-{tag}"))
+    monitors = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(eng.layout.lxcpath) not in monitors
+
+
+def test_the_directory_backend_works_without_btrfs(scratch_root):
+    (scratch_root / "vz.conf").write_text('STORAGE="dir"\n')
+    eng = Engine(scratch_root)
+    eng.create(502, "tiny", hostname="plain")
+    private = eng.layout.private(502)
+    assert os.lstat(private).st_ino != 256
+    eng.start(502, wait_boot=True)
+    assert eng.exec(502, "hostname").stdout.strip() == "plain"
+    eng.destroy(502)
+    assert not private.exists()

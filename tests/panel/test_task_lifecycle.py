@@ -1,0 +1,82 @@
+"""Tasks end to end: the panel, a real Redis, a real node agent process and a real VE."""
+
+import pytest
+
+from tests.panel.conftest import make_ve, wait_task
+from vzpanel.audit.models import AuditEntry
+from vzpanel.nodes.reconcile import reconcile_node
+from vzpanel.tasks.models import Task
+from vzpanel.ves.models import VE
+
+pytestmark = [pytest.mark.root, pytest.mark.django_db(transaction=True)]
+
+
+def test_it_creates_stops_starts_and_destroys_a_real_ve(node_agent, engine_root, api_for, client_for, owner,
+                                                       node, monkeypatch):
+    from vzengine import Engine
+
+    monkeypatch.setenv("VZ_ROOT", str(engine_root))  # for the reconcile run in this process
+
+    engine = Engine(engine_root)
+    api = api_for(owner)
+    response = api.post("/api/ves/", {"ostemplate": "tiny", "hostname": "life1", "root_password": "s3cret-pass"},
+                        format="json")
+    assert response.status_code == 202, response.content
+    create = wait_task(Task.objects.get(pk=response.json()["id"]), timeout=240)
+    assert create.status == "completed", (create.error, create.traceback, create.log)
+    ve = create.ve
+    ve.refresh_from_db()
+    assert ve.status == "running" and ve.hostname == "life1"
+    assert engine.status(ve.ctid).status == "running"
+    assert create.progress == 100 and create.log_lines >= 2
+
+    client_for(owner).post(f"/ves/{ve.ctid}/stop/")
+    stop = wait_task(Task.objects.filter(ve=ve, action="stop").get())
+    assert stop.status == "completed", stop.error
+    ve.refresh_from_db()
+    assert ve.status == "stopped" and engine.status(ve.ctid).status == "stopped"
+    assert AuditEntry.objects.get(action="ve.stop", ctid=ve.ctid).result == "completed"
+
+    # Started behind the panel's back: the reconcile job notices.
+    engine.start(ve.ctid)
+    reconcile_node(node.name)
+    ve.refresh_from_db()
+    assert ve.status == "running"
+    assert AuditEntry.objects.filter(action="ve.reconcile", ctid=ve.ctid).exists()
+
+    api.delete(f"/api/ves/{ve.ctid}/")
+    destroy = wait_task(Task.objects.filter(ve=ve, action="destroy").get())
+    assert destroy.status == "completed", destroy.error
+    ve.refresh_from_db()
+    assert ve.status == "destroyed" and not engine.exists(ve.ctid)
+    assert api.get(f"/api/ves/{ve.ctid}/").status_code == 404
+
+
+def test_an_engine_refusal_fails_the_task_in_plain_words(node_agent, engine_root, api_for, owner, node):
+    ghost = make_ve(owner, node, 990, status="stopped")  # the panel knows it, the engine does not
+    task_id = api_for(owner).post("/api/ves/990/start/").json()["id"]
+    task = wait_task(Task.objects.get(pk=task_id))
+    assert task.status == "failed"
+    assert task.error and "Traceback" not in task.error and not task.error_ref
+    assert "990" in task.error
+    ghost.refresh_from_db()
+    assert ghost.status == "missing"
+
+
+def test_reconcile_adopts_unknown_ves_and_marks_vanished_ones(engine_root, owner, node, monkeypatch):
+    from vzengine import Engine
+
+    monkeypatch.setenv("VZ_ROOT", str(engine_root))
+    engine = Engine(engine_root)
+    vanished = make_ve(owner, node, 991, status="running")
+    engine.create(992, "tiny", hostname="cli-made")
+    try:
+        counts = reconcile_node(node.name)
+        vanished.refresh_from_db()
+        adopted = VE.objects.get(ctid=992)
+        assert vanished.status == "missing"
+        assert adopted.owner is None and adopted.hostname == "cli-made" and adopted.status == "stopped"
+        assert counts["adopted"] == 1 and counts["missing"] == 1
+        assert node.templates.filter(name="tiny").exists()
+    finally:
+        engine.destroy(992)

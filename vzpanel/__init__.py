@@ -1,0 +1,1 @@
+"""vzpanel: the web panel for vzengine VEs."""

@@ -1,0 +1,58 @@
+from django import forms
+from django.contrib.auth.forms import UserCreationForm
+
+from .models import User
+
+
+class UserCreateForm(UserCreationForm):
+    class Meta:
+        model = User
+        fields = ["username", "email", "first_name", "last_name", "role", "plan", "teacher"]
+
+    def clean(self):
+        data = super().clean()
+        check_teacher(self, data)
+        return data
+
+
+class UserEditForm(forms.ModelForm):
+    new_password = forms.CharField(
+        required=False, widget=forms.PasswordInput, help_text="Leave empty to keep the current password."
+    )
+
+    class Meta:
+        model = User
+        fields = ["email", "first_name", "last_name", "role", "plan", "teacher", "is_active"]
+
+    def clean_new_password(self):
+        from django.contrib.auth.password_validation import validate_password
+
+        value = self.cleaned_data.get("new_password")
+        if value:
+            validate_password(value, self.instance)
+        return value
+
+    def clean(self):
+        data = super().clean()
+        check_teacher(self, data)
+        return data
+
+    def save(self, commit=True):
+        user = super().save(commit=False)
+        if self.cleaned_data.get("new_password"):
+            user.set_password(self.cleaned_data["new_password"])
+        if commit:
+            user.save()
+        return user
+
+
+def check_teacher(form, data):
+    teacher = data.get("teacher")
+    if teacher is not None and data.get("role") != User.Role.STUDENT:
+        form.add_error("teacher", "Only students have a teacher.")
+    if teacher is not None and teacher.pk == form.instance.pk:
+        form.add_error("teacher", "A user cannot be their own teacher.")
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=64, help_text="What the token is for, e.g. 'deploy script'.")

@@ -1,0 +1,70 @@
+import hashlib
+import secrets
+
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+
+
+class User(AbstractUser):
+    """A panel user; `role` decides what they see, `plan` what they may create."""
+
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        CUSTOMER = "customer", "Customer"
+        TEACHER = "teacher", "Teacher"
+        STUDENT = "student", "Student"
+
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.CUSTOMER)
+    plan = models.ForeignKey(
+        "plans.Plan", null=True, blank=True, on_delete=models.PROTECT, related_name="users"
+    )
+    teacher = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="students",
+        limit_choices_to={"role": "teacher"},
+    )
+
+    @property
+    def is_panel_admin(self) -> bool:
+        return self.is_superuser or self.role == self.Role.ADMIN
+
+    def save(self, *args, **kwargs):
+        if self.role == self.Role.ADMIN:
+            self.is_staff = True
+        super().save(*args, **kwargs)
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class APIToken(models.Model):
+    """A per-user API key; only its hash is stored, the key is shown once."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=64)
+    prefix = models.CharField(max_length=12)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def issue(cls, user, name: str) -> tuple["APIToken", str]:
+        """Create a token for user; return it with the plain key."""
+        key = "vzp_" + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name, prefix=key[:10], key_hash=_hash(key))
+        return token, key
+
+    @classmethod
+    def find(cls, key: str):
+        """Return the token whose key this is, or None."""
+        return cls.objects.select_related("user").filter(key_hash=_hash(key)).first()

@@ -1,0 +1,83 @@
+from django.contrib.auth import get_user_model
+from rest_framework import serializers
+
+from vzpanel.audit.models import AuditEntry
+from vzpanel.nodes.models import Template
+from vzpanel.tasks.models import Task
+from vzpanel.ves.models import VE
+
+
+class VESerializer(serializers.ModelSerializer):
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    busy = serializers.BooleanField(read_only=True, default=False)
+
+    class Meta:
+        model = VE
+        fields = ["ctid", "hostname", "status", "ostemplate", "owner", "node", "ip_addresses", "nproc",
+                  "limits", "usage", "usage_at", "busy", "created_at", "updated_at"]
+        read_only_fields = fields
+
+
+class VECreateSerializer(serializers.Serializer):
+    ostemplate = serializers.CharField(max_length=100)
+    hostname = serializers.CharField(max_length=253, required=False, allow_blank=True, default="")
+    root_password = serializers.CharField(required=False, allow_blank=True, default="", write_only=True,
+                                          style={"input_type": "password"})
+    start = serializers.BooleanField(required=False, default=True)
+    owner = serializers.SlugRelatedField(slug_field="username", queryset=get_user_model().objects.all(),
+                                         required=False, allow_null=True, default=None,
+                                         help_text="admins only; default: you")
+
+
+class HostnameSerializer(serializers.Serializer):
+    hostname = serializers.CharField(max_length=253)
+
+
+class PasswordSerializer(serializers.Serializer):
+    root_password = serializers.CharField(write_only=True, style={"input_type": "password"})
+
+
+class ReinstallSerializer(serializers.Serializer):
+    ostemplate = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    root_password = serializers.CharField(required=False, allow_blank=True, default="", write_only=True)
+
+
+class BulkSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["start", "stop"])
+    ctids = serializers.ListField(child=serializers.IntegerField(), allow_empty=False, max_length=5000)
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    ve = serializers.SerializerMethodField()
+    user = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Task
+        fields = ["id", "url", "ve", "node", "action", "params", "user", "status", "progress", "message", "log",
+                  "result", "error", "error_ref", "created_at", "started_at", "finished_at"]
+        read_only_fields = fields
+
+    def get_ve(self, task) -> int | None:
+        return task.ve.ctid if task.ve_id else None
+
+    def get_url(self, task) -> str:
+        return f"/api/tasks/{task.pk}/"
+
+
+class TemplateSerializer(serializers.ModelSerializer):
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = Template
+        fields = ["name", "description", "built", "node"]
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    task = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = AuditEntry
+        fields = ["id", "at", "username", "action", "ctid", "ip", "result", "detail", "task"]

@@ -1,0 +1,93 @@
+"""Bring the panel's view of a node in step with its engine (runs in the node agent)."""
+
+import logging
+
+from django.utils import timezone
+
+from vzpanel.audit import log as audit
+from vzpanel.tasks.jobs import engine, mark_destroyed, publish_ve
+from vzpanel.tasks.models import Task
+from vzpanel.ves.models import VE
+
+from .models import Node, Template
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_node(node_name: str) -> dict:
+    """Sync templates, VE states, addresses and usage of node_name from its engine; return counts."""
+    node, _ = Node.objects.get_or_create(name=node_name)
+    eng = engine()
+    counts = {"updated": 0, "adopted": 0, "missing": 0, "released": 0}
+    sync_templates(node, eng)
+    reported = {info.ctid: info for info in eng.list()}
+    busy = set(Task.objects.active().filter(node=node).values_list("ve_id", flat=True))
+    for ve in VE.objects.live().filter(node=node):
+        if ve.pk in busy:
+            continue  # a task is changing it right now; its job will store the outcome
+        info = reported.pop(ve.ctid, None)
+        if info is None:
+            if ve.status == VE.Status.CREATING:
+                mark_destroyed(ve)  # its create never finished: give the quota back
+                counts["released"] += 1
+            elif ve.status != VE.Status.MISSING:
+                old = ve.status
+                ve.status = VE.Status.MISSING
+                ve.save(update_fields=["status", "updated_at"])
+                publish_ve(ve)
+                audit.record("ve.reconcile", ve=ve, detail=f"vanished from the engine (was {old})")
+                counts["missing"] += 1
+            continue
+        old = ve.status
+        changed = ve.apply_info(info)
+        changed += update_usage(ve, eng)
+        if changed:
+            ve.save(update_fields=[*changed, "updated_at"])
+            if "status" in changed:
+                publish_ve(ve)
+                audit.record("ve.reconcile", ve=ve, detail=f"status {old} -> {ve.status} outside the panel")
+                counts["updated"] += 1
+    for ctid, info in reported.items():
+        if VE.objects.live().filter(ctid=ctid).exists():
+            continue  # known on another node
+        ve = VE(ctid=ctid, node=node, ostemplate=info.ostemplate or "")
+        ve.apply_info(info)
+        ve.save()
+        audit.record("ve.reconcile", ve=ve, detail="found on the node, adopted without an owner")
+        counts["adopted"] += 1
+    Node.objects.filter(pk=node.pk).update(last_seen_at=timezone.now())
+    return counts
+
+
+def sync_templates(node: Node, eng) -> None:
+    try:
+        store = eng.templates
+        templates = store() if callable(store) else store.list()
+    except Exception:
+        log.warning("could not list templates on %s", node.name, exc_info=True)
+        return
+    names = set()
+    for t in templates:
+        names.add(t.name)
+        Template.objects.update_or_create(
+            node=node, name=t.name, defaults={"description": t.description or "", "built": bool(t.built)}
+        )
+    Template.objects.filter(node=node).exclude(name__in=names).delete()
+
+
+def update_usage(ve: VE, eng) -> list[str]:
+    """Store ve's current usage if the engine can report it; return the changed fields."""
+    usage_of = getattr(eng, "usage", None)
+    if usage_of is None or ve.status != VE.Status.RUNNING:
+        if ve.usage:
+            ve.usage = {}
+            return ["usage"]
+        return []
+    try:
+        usage = usage_of(ve.ctid)
+    except Exception:
+        log.info("no usage for VE %s", ve.ctid, exc_info=True)
+        return []
+    ve.usage = dict(usage or {})
+    ve.usage_at = timezone.now()
+    return ["usage", "usage_at"]

@@ -1,0 +1,31 @@
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+
+class Plan(models.Model):
+    """Resources one VE gets, and how many VEs a user on this plan may have."""
+
+    name = models.CharField(max_length=64, unique=True)
+    description = models.CharField(max_length=200, blank=True)
+    ram_mb = models.PositiveIntegerField("RAM (MB)", default=512, validators=[MinValueValidator(16)])
+    swap_mb = models.PositiveIntegerField("swap (MB)", default=0)
+    cpus = models.PositiveSmallIntegerField("CPUs", default=1, validators=[MinValueValidator(1), MaxValueValidator(256)])
+    disk_gb = models.PositiveIntegerField("disk (GB)", default=5, validators=[MinValueValidator(1)])
+    nproc = models.PositiveIntegerField("process limit", default=512, validators=[MinValueValidator(16)])
+    max_ves = models.PositiveIntegerField("VEs allowed", default=1)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def limits(self) -> dict:
+        """Return the per-VE limits of this plan, as stored on each VE."""
+        return {
+            "ram_mb": self.ram_mb,
+            "swap_mb": self.swap_mb,
+            "cpus": self.cpus,
+            "disk_gb": self.disk_gb,
+            "nproc": self.nproc,
+        }

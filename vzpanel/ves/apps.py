@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class VesConfig(AppConfig):
+    name = "vzpanel.ves"
+    label = "ves"

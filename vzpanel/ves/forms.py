@@ -1,0 +1,158 @@
+from django import forms
+from django.contrib.auth import get_user_model
+
+from vzpanel.nodes.models import Node, Template
+
+from . import services
+from .models import VE
+
+
+def template_choices(node):
+    return [(t.name, f"{t.name} — {t.description}" if t.description else t.name)
+            for t in Template.objects.filter(node=node)]
+
+
+class ServiceCheckedForm(forms.Form):
+    """A form whose fields are checked by the same rules the services (and so the API) apply."""
+
+    def check(self, name, cleaner):
+        value = self.cleaned_data.get(name)
+        if value:
+            try:
+                return cleaner(value)
+            except services.InvalidRequest as exc:
+                raise forms.ValidationError(exc.message) from None
+        return value
+
+
+class VECreateForm(ServiceCheckedForm):
+    ostemplate = forms.ChoiceField(label="OS template")
+    hostname = forms.CharField(required=False, max_length=253, label="Host name", help_text="e.g. web1.example.com")
+    root_password = forms.CharField(
+        required=False, widget=forms.PasswordInput(render_value=False), help_text="At least 8 characters; optional."
+    )
+    start = forms.BooleanField(required=False, initial=True, label="Start it when created")
+    owner = forms.ModelChoiceField(queryset=get_user_model().objects.none(), required=False,
+                                   help_text="Admins only; default: you.")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["ostemplate"].choices = template_choices(Node.local())
+        if user.is_panel_admin:
+            self.fields["owner"].queryset = get_user_model().objects.filter(is_active=True).order_by("username")
+        else:
+            del self.fields["owner"]
+
+    def clean_hostname(self):
+        return self.check("hostname", services.clean_hostname)
+
+    def clean_root_password(self):
+        return self.check("root_password", services.clean_password)
+
+
+class HostnameForm(ServiceCheckedForm):
+    hostname = forms.CharField(max_length=253, label="Host name")
+
+    def clean_hostname(self):
+        return self.check("hostname", services.clean_hostname)
+
+
+class PasswordForm(ServiceCheckedForm):
+    root_password = forms.CharField(widget=forms.PasswordInput, label="New root password")
+    confirm = forms.CharField(widget=forms.PasswordInput, label="Repeat it")
+
+    def clean_root_password(self):
+        return self.check("root_password", services.clean_password)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("root_password") and data.get("root_password") != data.get("confirm"):
+            self.add_error("confirm", "The two passwords differ.")
+        return data
+
+
+class ReinstallForm(ServiceCheckedForm):
+    ostemplate = forms.ChoiceField(label="OS template")
+    root_password = forms.CharField(required=False, widget=forms.PasswordInput, help_text="Optional.")
+    confirm = forms.BooleanField(label="I understand that everything in this VE will be erased")
+
+    def __init__(self, *args, ve, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["ostemplate"].choices = template_choices(ve.node)
+        self.fields["ostemplate"].initial = ve.ostemplate
+
+    def clean_root_password(self):
+        return self.check("root_password", services.clean_password)
+
+
+class DestroyForm(forms.Form):
+    confirm = forms.CharField(label="Type the CTID to confirm")
+
+    def __init__(self, *args, ve, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ve = ve
+
+    def clean_confirm(self):
+        if self.cleaned_data["confirm"].strip() != str(self.ve.ctid):
+            raise forms.ValidationError(f"Type {self.ve.ctid} to confirm that VE {self.ve.ctid} is to be destroyed.")
+        return self.cleaned_data["confirm"]
+
+
+SORTS = {
+    "ctid": "ctid", "-ctid": "-ctid",
+    "hostname": "hostname", "-hostname": "-hostname",
+    "status": "status", "-status": "-status",
+    "owner": "owner__username", "-owner": "-owner__username",
+    "node": "node__name", "-node": "-node__name",
+    "created": "created_at", "-created": "-created_at",
+}
+
+
+class VEFilterForm(forms.Form):
+    q = forms.CharField(required=False, label="Search", help_text="CTID, host name, owner or address")
+    status = forms.ChoiceField(required=False, choices=[("", "any state")] + [
+        c for c in VE.Status.choices if c[0] != VE.Status.DESTROYED])
+    owner = forms.CharField(required=False, help_text="user name")
+    node = forms.ModelChoiceField(queryset=Node.objects.all(), required=False, empty_label="any node",
+                                  to_field_name="name")
+    sort = forms.ChoiceField(required=False, choices=[(k, k) for k in SORTS])
+    per_page = forms.TypedChoiceField(required=False, coerce=int, choices=[(n, n) for n in (25, 50, 100, 200)],
+                                      empty_value=50)
+
+    def apply(self, ves):
+        """Return ves filtered and sorted by this (valid) form."""
+        from django.db.models import Q
+
+        data = self.cleaned_data
+        q = data.get("q", "").strip()
+        if q:
+            rule = Q(hostname__icontains=q) | Q(owner__username__icontains=q) | Q(ip_addresses__icontains=q)
+            if q.isdigit():
+                rule |= Q(ctid=int(q))
+            ves = ves.filter(rule)
+        if data.get("status"):
+            ves = ves.filter(status=data["status"])
+        if data.get("owner"):
+            ves = ves.filter(owner__username=data["owner"])
+        if data.get("node"):
+            ves = ves.filter(node=data["node"])
+        return ves.order_by(SORTS.get(data.get("sort") or "ctid", "ctid"), "ctid")
+
+
+class BulkForm(forms.Form):
+    action = forms.ChoiceField(choices=[(a, a) for a in services.BULK_ACTIONS])
+    ctids = forms.CharField(required=False)
+
+    def __init__(self, data=None):
+        super().__init__(data)
+        self.ctid_list = []
+
+    def clean(self):
+        data = super().clean()
+        try:
+            self.ctid_list = sorted({int(c) for c in self.data.getlist("ctids")})
+        except ValueError:
+            raise forms.ValidationError("CTIDs are numbers.") from None
+        if not self.ctid_list:
+            raise forms.ValidationError("Select at least one VE.")
+        return data

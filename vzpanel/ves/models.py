@@ -1,0 +1,98 @@
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+CTID_MIN = 100
+CTID_MAX = 999_999_999
+
+
+class VEQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "VEQuerySet":
+        """Return the VEs user may see and act on: the one object-permission rule of the panel.
+
+        Admins see every VE; a teacher sees their own and their students'; anyone else only their own.
+        """
+        if not getattr(user, "is_authenticated", False) or not user.is_active:
+            return self.none()
+        if user.is_panel_admin:
+            return self.all()
+        rule = Q(owner=user)
+        if user.role == user.Role.TEACHER:
+            rule |= Q(owner__teacher=user)
+        return self.filter(rule)
+
+    def live(self) -> "VEQuerySet":
+        """Return VEs that have not been destroyed."""
+        return self.exclude(status=VE.Status.DESTROYED)
+
+
+class VE(models.Model):
+    """A virtual environment: ownership and desired settings; the engine holds the truth on state."""
+
+    class Status(models.TextChoices):
+        CREATING = "creating", "creating"
+        RUNNING = "running", "running"
+        STOPPED = "stopped", "stopped"
+        MISSING = "missing", "missing"
+        DESTROYED = "destroyed", "destroyed"
+
+    ctid = models.PositiveIntegerField(
+        "CTID", validators=[MinValueValidator(CTID_MIN), MaxValueValidator(CTID_MAX)]
+    )
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="ves")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="ves"
+    )
+    hostname = models.CharField(max_length=253, blank=True)
+    ostemplate = models.CharField("OS template", max_length=100)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATING)
+    ip_addresses = models.JSONField(default=list, blank=True)
+    nproc = models.PositiveIntegerField(null=True, blank=True)
+    limits = models.JSONField(default=dict, blank=True, help_text="plan limits at creation")
+    usage = models.JSONField(default=dict, blank=True)
+    usage_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    destroyed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = VEQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["ctid"]
+        verbose_name = "VE"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["ctid"], condition=~Q(status="destroyed"), name="unique_live_ctid"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["status", "ctid"]),
+            models.Index(fields=["owner", "status"]),
+            models.Index(fields=["hostname"]),
+        ]
+
+    def __str__(self):
+        return f"VE {self.ctid}" + (f" ({self.hostname})" if self.hostname else "")
+
+    @property
+    def is_live(self) -> bool:
+        return self.status != self.Status.DESTROYED
+
+    @property
+    def group_name(self) -> str:
+        return f"ve-{self.pk}"
+
+    def apply_info(self, info) -> list[str]:
+        """Copy what the engine reports (a VEInfo) onto this row; return the changed fields."""
+        fields = {
+            "status": info.status,
+            "hostname": info.hostname or "",
+            "ostemplate": info.ostemplate or self.ostemplate,
+            "ip_addresses": list(info.ip_addresses or []),
+            "nproc": info.nproc,
+        }
+        changed = [name for name, value in fields.items() if getattr(self, name) != value]
+        for name in changed:
+            setattr(self, name, fields[name])
+        return changed

@@ -1,0 +1,146 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Exists, OuterRef
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from vzpanel.core.decorators import admin_required, is_htmx
+from vzpanel.tasks.models import Task
+
+from . import services
+from .access import get_ve_or_404, visible_ves
+from .forms import (
+    BulkForm,
+    DestroyForm,
+    HostnameForm,
+    PasswordForm,
+    ReinstallForm,
+    VECreateForm,
+    VEFilterForm,
+)
+
+
+@login_required
+def ve_list(request):
+    """The VEs the user may see: search, filter, sort, paginate."""
+    form = VEFilterForm(request.GET or None)
+    ves = visible_ves(request.user).select_related("owner", "node").annotate(
+        busy=Exists(Task.objects.filter(ve=OuterRef("pk"), status__in=Task.ACTIVE))
+    )
+    per_page = 50
+    if form.is_valid():
+        ves = form.apply(ves)
+        per_page = form.cleaned_data.get("per_page") or 50
+    page = Paginator(ves, per_page).get_page(request.GET.get("page"))
+    context = {"form": form, "page": page, "sort": request.GET.get("sort", "ctid")}
+    template = "ves/_table.html" if is_htmx(request) else "ves/ve_list.html"
+    return render(request, template, context, status=400 if form.errors else 200)
+
+
+@login_required
+def ve_create(request):
+    form = VECreateForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            task = services.create_ve(
+                request.user, ostemplate=data["ostemplate"], hostname=data["hostname"],
+                root_password=data["root_password"], owner=data.get("owner"), start=data["start"], request=request,
+            )
+        except services.ServiceError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, f"VE {task.ve.ctid} is being created.")
+            return redirect("tasks:detail", task.pk)
+    status = 400 if form.errors else 200
+    return render(request, "ves/ve_create.html", {"form": form}, status=status)
+
+
+def detail_context(request, ve, **forms):
+    context = {
+        "ve": ve,
+        "tasks": ve.tasks.select_related("user")[:10],
+        "active_task": ve.tasks.filter(status__in=Task.ACTIVE).first(),
+        "hostname_form": HostnameForm(initial={"hostname": ve.hostname}),
+        "password_form": PasswordForm(),
+        "reinstall_form": ReinstallForm(ve=ve),
+        "destroy_form": DestroyForm(ve=ve),
+        "allowed": {a: ve.status in s for a, s in services.ALLOWED_FROM.items()},
+    }
+    context.update(forms)
+    return context
+
+
+@login_required
+def ve_detail(request, ctid):
+    ve = get_ve_or_404(request.user, ctid)
+    return render(request, "ves/ve_detail.html", detail_context(request, ve))
+
+
+@login_required
+def ve_status(request, ctid):
+    """The live part of the VE page (state, current task, recent tasks), for htmx to swap in."""
+    ve = get_ve_or_404(request.user, ctid)
+    return render(request, "ves/_live.html", detail_context(request, ve))
+
+
+FORMS = {
+    Task.Action.SET_HOSTNAME: ("hostname_form", HostnameForm),
+    Task.Action.SET_PASSWORD: ("password_form", PasswordForm),
+    Task.Action.REINSTALL: ("reinstall_form", ReinstallForm),
+    Task.Action.DESTROY: ("destroy_form", DestroyForm),
+}
+
+
+@login_required
+@require_POST
+def ve_action(request, ctid, action):
+    """Queue one action on a VE; on bad input show the VE page again with the form's errors."""
+    ve = get_ve_or_404(request.user, ctid)
+    params = {}
+    if action in FORMS:
+        name, form_class = FORMS[action]
+        kwargs = {"ve": ve} if form_class in (ReinstallForm, DestroyForm) else {}
+        form = form_class(request.POST, **kwargs)
+        if not form.is_valid():
+            messages.error(request, "Please correct the errors below.")
+            return render(request, "ves/ve_detail.html", detail_context(request, ve, **{name: form}), status=400)
+        params = {k: v for k, v in form.cleaned_data.items() if k not in ("confirm",)}
+    try:
+        task = services.request_action(request.user, ve, action, request=request, **params)
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("ves:detail", ve.ctid)
+    if action == Task.Action.DESTROY:
+        messages.success(request, f"VE {ve.ctid} is being destroyed.")
+        return redirect("tasks:detail", task.pk)
+    messages.success(request, f"{task.get_action_display().capitalize()} of VE {ve.ctid} queued (task {task.pk}).")
+    return redirect("ves:detail", ve.ctid)
+
+
+@admin_required
+@require_POST
+def ve_bulk(request):
+    form = BulkForm(request.POST)
+    if not form.is_valid():
+        for error in form.non_field_errors() or ["Choose start or stop."]:
+            messages.error(request, error)
+        return redirect(safe_next(request))
+    ves = visible_ves(request.user).filter(ctid__in=form.ctid_list).select_related("node")
+    tasks, skipped = services.bulk_action(request.user, ves, form.cleaned_data["action"], request=request)
+    messages.success(request, f"{len(tasks)} task(s) queued.")
+    if skipped:
+        messages.warning(request, f"{len(skipped)} VE(s) skipped: " + "; ".join(skipped[:5])
+                         + (" …" if len(skipped) > 5 else ""))
+    return redirect(safe_next(request))
+
+
+def safe_next(request) -> str:
+    """Return the page to go back to: the posted `next` if it is on this site, else the VE list."""
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        return target
+    return reverse("ves:list")
