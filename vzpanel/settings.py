@@ -114,12 +114,20 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+
+
+def channel_layers(redis_url: str) -> dict:
+    # redis-py 8 reads with a 5 s socket timeout by default, the same 5 s that channels-redis blocks in
+    # BZPOPMIN: the read then times out and the websocket drops. Give reads room.
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": 30}]},
+        }
     }
-}
+
+
+CHANNEL_LAYERS = channel_layers(REDIS_URL)
 RQ_QUEUES = {f"node:{VZPANEL_NODE}": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600}}
 RQ = {"COMMIT_MODE": "auto"}  # we enqueue from transaction.on_commit ourselves
 

@@ -83,9 +83,9 @@ def _panel_settings(redis_url, panel_state):
 
     settings.STATE_DIR = panel_state
     settings.REDIS_URL = redis_url
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}
-    }
+    from vzpanel.settings import channel_layers as layers_for
+
+    settings.CHANNEL_LAYERS = layers_for(redis_url)
     settings.RQ_QUEUES = {f"node:{settings.VZPANEL_NODE}": {"URL": redis_url}}
     settings.ALLOWED_HOSTS = ["*"]
     channel_layers.backends = {}

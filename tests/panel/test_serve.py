@@ -71,7 +71,7 @@ def test_it_serves_the_panel_and_stops_everything(state_dir):
     port = free_port()
     proc = serve(state_dir, port)
     try:
-        out = read_until(proc, r"vzpanel is up: http://127\.0\.0\.1:\d+/")
+        out = read_until(proc, r"up at http://127\.0\.0\.1:\d+/")
         assert "created admin 'root-admin'" in out
         children = psutil.Process(proc.pid).children(recursive=True)
         users = {c.name(): c.username() for c in children}
@@ -95,7 +95,7 @@ def test_it_serves_the_panel_and_stops_everything(state_dir):
     # A second run keeps the admin and its password.
     proc = serve(state_dir, free_port())
     try:
-        out = read_until(proc, r"vzpanel is up")
+        out = read_until(proc, r"up at http")
         assert "admin root-admin exists already (password unchanged)" in out
     finally:
         proc.send_signal(signal.SIGTERM)

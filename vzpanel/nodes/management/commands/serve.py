@@ -57,7 +57,7 @@ class Command(BaseCommand):
                        env, as_web_user=False)
             self.wait_for_port(host, port)
             shown = f"[{host}]" if ":" in host else host
-            self.say(f"vzpanel is up: http://{shown}:{port}/")
+            self.say(f"up at http://{shown}:{port}/")
             self.say(", ".join(f"{name} pid {p.pid}" for name, p in self.children.items()))
             self.loop()
         finally:
