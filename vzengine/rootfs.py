@@ -90,6 +90,16 @@ def write_file(root: Path, rel: str, data: bytes | str, mode: int = 0o644, uid: 
             raise
 
 
+def list_dir(root: Path, rel: str) -> list[str]:
+    """Names in directory /rel inside the VE (no symlink followed on the way); [] if it is missing."""
+    parts = [p for p in rel.strip("/").split("/") if p]
+    try:
+        with _dir_fd(root, parts) as dfd:
+            return os.listdir(dfd)
+    except FileNotFoundError:
+        return []
+
+
 def remove_file(root: Path, rel: str) -> None:
     dirs, name = _split(rel)
     try:

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import validate
-from .errors import CommandFailed, InvalidInput, NotFound, Unsupported
+from . import rootfs, validate
+from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, Unsupported
 from .idmap import shift_tree
 from .layout import Layout
 from .rollback import Rollback
@@ -127,7 +127,7 @@ class TemplateStore:
         validate.template_name(name)
         if name in SPECS:
             return SPECS[name]
-        meta = self._cached_meta(name)
+        meta = self._cached_meta(name) or self._local_meta(name)
         if meta:  # a template made from a VE or dropped into the cache
             return TemplateSpec(
                 name=name, description=meta.get("description", name), init=meta.get("init", "systemd"),
@@ -140,6 +140,10 @@ class TemplateStore:
         names = set(SPECS)
         if self.cache.is_dir():
             names |= {p.name[: -len(".json")] for p in self.cache.glob("*.json")}
+        pool_templates = self.layout.pool / "templates"
+        if pool_templates.is_dir():
+            names |= {p.name[: -len(".json")] for p in pool_templates.glob("*.json")
+                      if self._local_meta(p.name[: -len(".json")])}
         return sorted(names)
 
     def _cached_meta(self, name: str) -> dict | None:
@@ -148,6 +152,11 @@ class TemplateStore:
         except (OSError, ValueError):
             return None
         return meta if (self.cache / f"{name}.tar.zst").exists() else None
+
+    def _local_meta(self, name: str) -> dict | None:
+        """Metadata of a template saved from a VE into this pool only."""
+        meta = self._imported_meta(name)
+        return meta if meta and meta.get("local") and self.layout.template_root(name).exists() else None
 
     def _imported_meta(self, name: str) -> dict | None:
         try:
@@ -164,9 +173,11 @@ class TemplateStore:
         for name in self.names():
             spec = self.spec(name)
             meta = self._cached_meta(name) or {}
+            local = self._local_meta(name)
+            meta = meta or local or {}
             out.append(TemplateInfo(
                 name=name, description=spec.description, init=spec.init,
-                cached=self.is_fresh(name), imported=self._imported_meta(name) is not None,
+                cached=self.is_fresh(name) or bool(local), imported=self._imported_meta(name) is not None,
                 size=meta.get("size"), built_at=meta.get("built_at", ""),
             ))
         return out
@@ -227,6 +238,8 @@ class TemplateStore:
     def ensure(self, name: str, progress: Progress = _quiet, build: bool = True) -> Path:
         """Return the template's read-only root in the pool, importing (and building) it as needed."""
         spec = self.spec(name)
+        if self._local_meta(name):
+            return self.layout.template_root(name)
         if not self.is_fresh(name):
             if not build or name not in SPECS:
                 raise NotFound(f"template {name} is not built yet: run 'vzctl template build {name}'")
@@ -260,6 +273,52 @@ class TemplateStore:
                 rb.commit()
                 self.storage.delete(old)
             return dest
+
+    def save_from(self, source: Path, name: str, origin: TemplateSpec, description: str = "",
+                  replace: bool = False, progress: Progress = _quiet) -> dict:
+        """Make template ``name`` from a VE root (a golden image): a read-only snapshot in this pool.
+
+        The copy loses the VE's identity (SSH host keys, machine-id), so every VE made from it
+        gets its own. It stays local to this pool; ``vzctl template export`` is not needed for
+        VEs on this node.
+        """
+        validate.template_name(name)
+        if name in SPECS:
+            raise InvalidInput(f"{name} is a built-in template name; choose another")
+        dest = self.layout.template_root(name)
+        if (dest.exists() or self._cached_meta(name)) and not replace:
+            raise AlreadyExists(f"template {name} already exists")
+        tmp = dest.with_name(f".{name}.saving")
+        self.storage.delete(tmp)
+        progress(20, f"copying the VE's files into template {name}")
+        with Rollback() as rb:
+            self.storage.clone(source, tmp)
+            rb.add("remove partial template", lambda: self.storage.delete(tmp))
+            for key in rootfs.list_dir(tmp, "etc/ssh"):
+                if key.startswith("ssh_host_"):
+                    rootfs.remove_file(tmp, f"etc/ssh/{key}")
+            base = self.layout.idmap[0]
+            rootfs.write_file(tmp, "etc/machine-id", "", mode=0o444, uid=base, gid=base)
+            old = dest.with_name(f".{name}.old")
+            if dest.exists():
+                self.storage.delete(old)
+                self.storage.set_readonly(dest, False)
+                os.rename(dest, old)
+                rb.add("put the old template back", lambda: os.rename(old, dest))
+            os.rename(tmp, dest)
+            self.storage.set_readonly(dest, True)
+            meta = {
+                "name": name, "description": description or f"saved from a {origin.name} VE",
+                "init": origin.init, "halt_signal": origin.halt_signal, "boot_check": origin.boot_check,
+                "version": 1, "local": True, "origin": origin.name,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            (self.layout.pool / "templates" / f"{name}.json").write_text(json.dumps(meta, indent=1))
+            rb.commit()
+        if old.exists():
+            self.storage.delete(old)
+        progress(100, f"template {name} saved")
+        return meta
 
     def remove(self, name: str) -> None:
         validate.template_name(name)
@@ -434,3 +493,13 @@ def configure_debian(spec: TemplateSpec, tree: Path) -> None:
     shutil.rmtree(tree / "var/cache/apt/archives/partial", ignore_errors=True)
     if not (tree / "sbin/init").exists() and not (tree / "sbin/init").is_symlink():
         raise InvalidInput(f"template {spec.name}: the built system has no /sbin/init")
+
+
+def save_ve(engine, ctid, name: str, description: str = "", replace: bool = False,
+            progress: Progress = _quiet) -> dict:
+    """Save VE ``ctid`` (running or not; a running VE is copied crash-consistently) as a template."""
+    conf = engine.config(ctid)
+    validate.template_name(name)
+    with engine._lock(conf.ctid, "save as template"):
+        return engine.templates.save_from(engine.layout.private(conf.ctid), name, engine._spec(conf),
+                                          description=description, replace=replace, progress=progress)

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from .. import validate
+from .. import templates, validate
 from ..errors import InvalidInput
 from .common import Parser, add_global_options, main_wrapper, make_engine, progress_printer
 
@@ -94,6 +94,11 @@ def build_parser() -> Parser:
     b.add_argument("--force", action="store_true")
     r = tsub.add_parser("remove", help="remove a template from the cache and the pool")
     r.add_argument("name")
+    sv = tsub.add_parser("save", help="save a VE as a new template (a golden image)")
+    sv.add_argument("ctid")
+    sv.add_argument("name")
+    sv.add_argument("--description", default="")
+    sv.add_argument("--replace", action="store_true", help="replace an existing template of that name")
 
     pl = sub.add_parser("pool", help="the storage pool")
     psub = pl.add_subparsers(dest="pool_command", required=True, metavar="ACTION")
@@ -198,6 +203,10 @@ def template_command(eng, args, progress) -> int:
         for name in args.names:
             meta = eng.templates.build(name, progress=progress, force=args.force)
             print(f"template {name}: built {meta['built_at']}")
+    elif args.template_command == "save":
+        meta = templates.save_ve(eng, args.ctid, args.name, description=args.description,
+                                 replace=args.replace, progress=progress)
+        print(f"template {meta['name']} saved from VE {validate.ctid(args.ctid)}")
     elif args.template_command == "remove":
         eng.ensure_ready()
         eng.templates.remove(args.name)
