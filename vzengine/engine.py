@@ -344,6 +344,7 @@ class Engine:
         try:
             self.lxc.start(ctid, log)
         except CommandFailed as e:
+            self._reap_failed_start(ctid)
             raise CommandFailed(f"VE {ctid} failed to start: {self._log_tail(log) or e.message}") from e
         try:
             for feature in self.features:
@@ -353,6 +354,15 @@ class Engine:
                 self.lxc.stop(ctid, timeout=0, kill=True)
             self._after_stop(conf)
             raise
+
+    def _reap_failed_start(self, ctid: int) -> None:
+        """After a failed lxc-start, wait for LXC's aborting processes to leave, then clean up."""
+        deadline = time.monotonic() + 10
+        while self.is_running(ctid) and time.monotonic() < deadline:
+            with contextlib.suppress(VZError):
+                self.lxc.stop(ctid, timeout=0, kill=True)
+            time.sleep(0.05)
+        cgroups.remove_tree(self.layout.cgroup_dir(ctid))
 
     def _log_tail(self, log: Path) -> str:
         try:
