@@ -150,6 +150,14 @@ class Engine:
             extra=extra,
         )
 
+    def usage(self, ctid) -> dict:
+        """What a VE uses now: cpu_seconds, memory_bytes, nproc, disk_bytes, ... (vzengine/RESOURCES.md)."""
+        conf = self.config(ctid)
+        out: dict = {}
+        for feature in self.features:
+            out.update(feature.usage(conf))
+        return out
+
     def list(self) -> list[VEInfo]:
         out = []
         for ctid in self.ctids():
@@ -339,6 +347,8 @@ class Engine:
             raise NotFound(f"VE {ctid}: its root {self.layout.private(ctid)} is missing")
         cgroups.remove_tree(self.layout.cgroup_dir(ctid))  # left over by a crashed run
         progress(10, f"starting VE {ctid}")
+        for feature in self.features:
+            feature.before_start(conf)
         self._write_lxc_config(conf)
         log = self.layout.logdir / f"{ctid}.lxc.log"
         try:

@@ -7,12 +7,14 @@ core lifecycle. The engine calls every feature at fixed points of a VE's life:
     check(conf, params, creating)   parse and validate the parameters it owns; change nothing
     apply(conf, params, running, rb) store them in ``conf`` and, if the VE runs, apply them live;
                                     register an undo on ``rb`` for every host change
+    before_start(conf)              just before lxc-start (host services the VE needs, e.g. lxcfs)
     lxc_config(conf)                more lxc.* lines for the VE's LXC config
     after_start(conf)               init runs: set up host objects (an error stops the VE again)
     after_stop(conf)                the VE is down: release what after_start made
     destroy(conf)                   the VE is being removed: remove everything of it
     purge()                         the whole root is being removed
     info(conf, running)             extra fields for VEInfo.extra
+    usage(conf)                     what the VE uses now, for Engine.usage (flat, JSON-safe)
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class Feature:
     def apply(self, conf: VEConfig, params: dict, running: bool, rb: Rollback) -> None:
         pass
 
+    def before_start(self, conf: VEConfig) -> None:
+        pass
+
     def lxc_config(self, conf: VEConfig) -> list[str]:
         return []
 
@@ -61,6 +66,9 @@ class Feature:
         pass
 
     def info(self, conf: VEConfig, running: bool) -> dict:
+        return {}
+
+    def usage(self, conf: VEConfig) -> dict:
         return {}
 
 
