@@ -1,9 +1,901 @@
-"""VE networking (issue 3): routed veth pairs, addresses, NAT and port forwards via pyroute2."""
+"""VE networking (issue 3): routed veth pairs, addresses, NAT and port forwards via pyroute2.
+
+Routed mode, like OpenVZ's venet. Each VE with an address gets a veth pair: ``eth0`` inside its
+own network namespace (LXC gives it one with only ``lo``: ``lxc.net.0.type = empty``), and
+``vz<tag><ctid>`` on the host. Inside, every address is a /32 or /128 on eth0 with a default
+route through the host (``HOST_IP`` on-link, and fe80::1); the host side carries HOST_IP/32,
+HOST_IP6/128 and fe80::1/64, so VEs reach the host at those addresses. The host routes to a VE
+exactly the addresses assigned to it (a /32 or /128 route through its veth); there is no shared
+layer 2, so one VE never sees another's traffic. Anti-spoofing is one rule per root and family
+(raw table, ``-m rpfilter --invert -j DROP`` for packets from the root's veths): a VE may only
+send from an address the host routes back to that same VE, so an address a VE's root adds on
+its own neither sends nor receives anything. IPv4 rp_filter on the veth says the same again.
+
+Where a VE's address lies in a subnet that is directly connected on a host interface (public
+addresses from the host's LAN), the host answers ARP/NDP for it there (a proxy neighbour entry,
+and proxy_ndp on for IPv6 on that interface).
+
+Settings in the root's vz.conf (or $VZ_<NAME>): IP_POOL (IPv4 networks VE addresses come from,
+separated by spaces), IP6_POOL, HOST_IP and HOST_IP6 (the host's address on every VE's link;
+default the first address of the first pool), NAT (masquerade the private part of the pools
+when they leave the host). Per VE (its conf): IP_ADDRESS and PORTFWD ("tcp:2201:22 ...").
+
+Addresses are applied after start (by the engine, in ``after_start``) and after a reboot inside
+the VE: LXC then restarts the VE in a new network namespace without asking the engine, so the
+VE's LXC config carries an ``lxc.hook.start-host`` hook, a shell script that exits at once when
+the engine itself is starting the VE (about 1 ms) and otherwise calls ``vzctl net-hook``, which
+sets the network up before the VE's init runs (in the background instead when another engine
+operation, a backup say, holds the VE: the hook never waits for it).
+
+All host changes of a root happen under one lock (<root>/locks/network.lock), so address
+allocation from the pool, routes and firewall chains never race between VEs.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import importlib
+import ipaddress
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import cgroups
+from .errors import Busy, InvalidInput, StateError, Unsupported, VZError
 from .features import Feature
+from .firewall import Firewall, PortForward, have_ipv6
+from .layout import read_kv
+
+if TYPE_CHECKING:
+    from .rollback import Rollback
+    from .veconf import VEConfig
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+NET_DEFAULTS = {
+    "IP_POOL": "10.77.0.0/24",
+    "IP6_POOL": "fd77::/64",
+    "HOST_IP": "",  # default: the first address of the first IPv4 pool
+    "HOST_IP6": "",  # default: the first address of the first IPv6 pool
+    "NAT": "yes",
+}
+VE_IFNAME = "eth0"
+GATEWAY6 = ipaddress.IPv6Address("fe80::1")
+CLAIM_SECONDS = 120  # how long an address picked by a create/set still in progress stays taken
+LOCK_WAIT = 60.0
+RTPROT_STATIC = 4
+COUNTERS = ("traffic_in_bytes", "traffic_in_packets", "traffic_out_bytes", "traffic_out_packets")
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+def parse_address(value: str) -> Address:
+    """A VE address: one IPv4 or IPv6 host address (an optional /32 or /128 is accepted)."""
+    s = str(value).strip()
+    host, sep, plen = s.partition("/")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidInput(f"invalid IP address {value!r}") from None
+    if sep and plen != str(addr.max_prefixlen):
+        raise InvalidInput(f"invalid IP address {value!r}: give a single address (/{addr.max_prefixlen} at most)")
+    if addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.is_link_local or (
+            addr.version == 4 and addr == ipaddress.IPv4Address("255.255.255.255")):
+        raise InvalidInput(f"invalid IP address {value!r}: not usable as a VE address")
+    return addr
+
+
+def parse_forward(value: str) -> PortForward:
+    """PROTO:HOSTPORT:VEPORT (PROTO tcp or udp; VEPORT defaults to HOSTPORT)."""
+    parts = str(value).strip().lower().split(":")
+    if len(parts) == 2:
+        parts.append(parts[1])
+    if len(parts) != 3 or parts[0] not in ("tcp", "udp"):
+        raise InvalidInput(f"invalid port forward {value!r}: use tcp:HOSTPORT:VEPORT or udp:HOSTPORT:VEPORT")
+    ports = []
+    for p in parts[1:]:
+        if not p.isdigit() or not 1 <= int(p) <= 65535:
+            raise InvalidInput(f"invalid port forward {value!r}: ports are numbers from 1 to 65535")
+        ports.append(int(p))
+    return PortForward(parts[0], ports[0], ports[1])
+
+
+def ifname(tag: str, ctid: int) -> str:
+    """The host-side veth of a VE: vz<tag><ctid>, at most 15 characters (long ids in base 36)."""
+    name = f"vz{tag}{ctid}"
+    if len(name) <= 15:
+        return name
+    digits, n = "", ctid
+    while n:
+        n, r = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+    return f"vz{tag}x{digits}"  # decimal names never contain an 'x'
+
+
+def _iface(addr: Address) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    return ipaddress.ip_interface(f"{addr}/{addr.max_prefixlen}")
+
+
+def _host_net(addr: Address) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(f"{addr}/{addr.max_prefixlen}")
+
+
+@dataclass(frozen=True)
+class NetSettings:
+    pools4: tuple[ipaddress.IPv4Network, ...]
+    pools6: tuple[ipaddress.IPv6Network, ...]
+    host_ip: ipaddress.IPv4Address | None
+    host_ip6: ipaddress.IPv6Address | None
+    nat: bool
+
+    @classmethod
+    def load(cls, settings: dict[str, str]) -> NetSettings:
+        def get(key: str) -> str:
+            return os.environ.get(f"VZ_{key}") or settings.get(key) or NET_DEFAULTS[key]
+
+        pools: dict[int, list] = {4: [], 6: []}
+        for key, version in (("IP_POOL", 4), ("IP6_POOL", 6)):
+            for item in get(key).replace(",", " ").split():
+                try:
+                    net = ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise InvalidInput(f"{key}={get(key)!r} in vz.conf: {item!r} is not a network") from None
+                if net.version != version:
+                    raise InvalidInput(f"{key} in vz.conf takes IPv{version} networks, not {item}")
+                pools[version].append(net)
+        host: dict[int, Address | None] = {}
+        for key, version in (("HOST_IP", 4), ("HOST_IP6", 6)):
+            value = get(key)
+            if value:
+                try:
+                    host[version] = ipaddress.ip_address(value)
+                except ValueError:
+                    raise InvalidInput(f"{key}={value!r} in vz.conf is not an IP address") from None
+            else:
+                host[version] = pools[version][0].network_address + 1 if pools[version] else None
+        nat = get("NAT").strip().lower() in ("yes", "y", "true", "on", "1")
+        return cls(tuple(pools[4]), tuple(pools[6]), host[4], host[6], nat)
+
+    def pools(self, version: int) -> tuple:
+        return self.pools4 if version == 4 else self.pools6
+
+    def host_address(self, version: int) -> Address | None:
+        return self.host_ip if version == 4 else self.host_ip6
+
+    def check_assignable(self, addr: Address) -> None:
+        pools = self.pools(addr.version)
+        net = next((n for n in pools if addr in n), None)
+        if net is None:
+            where = " ".join(map(str, pools)) or "none"
+            raise InvalidInput(f"address {addr} is outside the IP pool ({'IP_POOL' if addr.version == 4 else 'IP6_POOL'}"
+                               f" in vz.conf: {where})")
+        if addr == self.host_address(addr.version):
+            raise InvalidInput(f"address {addr} is the host's own address on the VEs' links (HOST_IP)")
+        if net.num_addresses > 2 and addr in (net.network_address, net.broadcast_address) and addr.version == 4:
+            raise InvalidInput(f"address {addr} is the network or broadcast address of {net}")
+
+    def candidates(self, version: int, taken: set) -> Iterator[Address]:
+        """The addresses of the pools that are not taken, lowest first."""
+        for net in self.pools(version):
+            first = net.network_address + (1 if net.num_addresses > 2 else 0)
+            last = net.broadcast_address - (1 if net.num_addresses > 2 and version == 4 else 0)
+            # A huge IPv6 pool is not walked to its end: nobody takes a million addresses.
+            for n in range(int(first), min(int(last), int(first) + 1_000_000) + 1):
+                addr = ipaddress.IPv4Address(n) if version == 4 else ipaddress.IPv6Address(n)
+                if addr not in taken and addr != self.host_address(version):
+                    yield addr
+
+    def free(self, version: int, taken: set, count: int) -> list[Address]:
+        """The first ``count`` addresses of the pools that are not taken."""
+        return list(itertools.islice(self.candidates(version, taken), count))
+
+
+def _listening(proto: str, port: int) -> bool:
+    """Whether a socket of the host's namespace listens on (tcp) or is bound to (udp) ``port``."""
+    for suffix in ("", "6"):
+        try:
+            with open(f"/proc/net/{proto}{suffix}") as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) < 4:
+                        continue
+                    local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                    state = fields[3]
+                    if local_port == port and (state == "0A" if proto == "tcp" else state == "07"):
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _read_sysctl(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 class NetworkFeature(Feature):
     name = "network"
+    params = ("ipadd", "ipdel", "portfwd", "portfwd_del")
+
+    # --- names and settings ---------------------------------------------------------------
+    @property
+    def layout(self):
+        return self.engine.layout
+
+    def settings(self) -> NetSettings:
+        return NetSettings.load(self.layout.settings)
+
+    def ifname(self, ctid: int) -> str:
+        return ifname(self.layout.tag, ctid)
+
+    @property
+    def ifprefix(self) -> str:
+        return f"vz{self.layout.tag}"
+
+    @property
+    def firewall(self) -> Firewall:
+        return Firewall(self.layout.tag, self.ifprefix)
+
+    @property
+    def hook_path(self) -> Path:
+        return self.layout.rundir / "vz-net-hook"
+
+    @contextlib.contextmanager
+    def _netlock(self) -> Iterator[None]:
+        self.layout.lockdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.layout.lockdir / "network.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise Busy("the network of this engine root is busy; try again") from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- what a VE has --------------------------------------------------------------------
+    @staticmethod
+    def addresses(conf: VEConfig) -> list[Address]:
+        out = []
+        for a in conf.get_list("IP_ADDRESS"):
+            with contextlib.suppress(ValueError):
+                out.append(ipaddress.ip_address(a))
+        return out
+
+    @staticmethod
+    def forwards(conf: VEConfig) -> list[PortForward]:
+        out = []
+        for f in conf.get_list("PORTFWD"):
+            with contextlib.suppress(InvalidInput):
+                out.append(parse_forward(f))
+        return out
+
+    def _other_confs(self, ctid: int) -> Iterator[tuple[int, dict[str, str]]]:
+        confdir = self.layout.confdir
+        if not confdir.is_dir():
+            return
+        for p in confdir.glob("*.conf"):
+            if p.stem.isdigit() and int(p.stem) != ctid:
+                yield int(p.stem), read_kv(p)
+
+    @property
+    def _claims(self) -> Path:
+        return self.layout.rundir / "net-claims"
+
+    def _used_addresses(self, ctid: int) -> dict[Address, int]:
+        """Addresses of the other VEs of this root, and those picked by a create still running."""
+        used: dict[Address, int] = {}
+        for other, values in self._other_confs(ctid):
+            for a in values.get("IP_ADDRESS", "").split():
+                with contextlib.suppress(ValueError):
+                    used[ipaddress.ip_address(a)] = other
+        if self._claims.is_dir():
+            now = time.time()
+            for p in self._claims.iterdir():
+                try:
+                    owner = int(p.read_text().strip() or 0)
+                    if now - p.stat().st_mtime > CLAIM_SECONDS:
+                        p.unlink(missing_ok=True)
+                    elif owner != ctid:
+                        used.setdefault(ipaddress.ip_address(p.name), owner)
+                except (OSError, ValueError):
+                    continue
+        return used
+
+    def _claim(self, addr: Address, ctid: int, rb: Rollback) -> None:
+        self._claims.mkdir(parents=True, exist_ok=True)
+        path = self._claims / str(addr)
+        path.write_text(f"{ctid}\n")
+        rb.add(f"release address {addr}", lambda: path.unlink(missing_ok=True))
+
+    def _host_conflicts(self, addrs: list[Address], ctid: int) -> None:
+        """Refuse addresses the host itself has, or routes through an interface not this VE's."""
+        if not addrs:
+            return
+        from .netlink import Netlink
+
+        mine = self.ifname(ctid)
+        with Netlink() as host:
+            for a in addrs:
+                route = host.lookup(a)
+                if route is None:
+                    continue
+                if route.local:
+                    raise InvalidInput(f"address {a} is already in use on this host (it is one of its own)")
+                if route.dst.prefixlen == route.dst.max_prefixlen and route.oif is not None:
+                    dev = host.name(route.oif)
+                    if dev != mine:
+                        raise InvalidInput(f"address {a} is already in use on this host (routed through {dev})")
+
+    # --- Feature: check and apply ---------------------------------------------------------
+    def check(self, conf: VEConfig, params: dict, creating: bool) -> dict:
+        ipadd = [str(x) for x in params.get("ipadd") or []]
+        ipdel = [str(x) for x in params.get("ipdel") or []]
+        pfadd = [str(x) for x in params.get("portfwd") or []]
+        pfdel = [str(x) for x in params.get("portfwd_del") or []]
+        if not (ipadd or ipdel or pfadd or pfdel):
+            return {}
+        if creating and (ipdel or pfdel):
+            raise InvalidInput("--ipdel and --portfwd-del change an existing VE; a new one has nothing to remove")
+        ctid = conf.ctid
+        s = self.settings()
+        current = self.addresses(conf)
+
+        if any(x.strip().lower() == "all" for x in ipdel):
+            drop = list(current)
+        else:
+            drop = []
+            for x in ipdel:
+                a = parse_address(x)
+                if a not in current:
+                    raise InvalidInput(f"VE {ctid} has no address {a}")
+                if a not in drop:
+                    drop.append(a)
+        kept = [a for a in current if a not in drop]
+
+        add: list[Address] = []
+        auto = {4: 0, 6: 0}
+        for x in ipadd:
+            key = x.strip().lower()
+            if key in ("auto", "auto4"):
+                auto[4] += 1
+                continue
+            if key == "auto6":
+                auto[6] += 1
+                continue
+            a = parse_address(x)
+            s.check_assignable(a)
+            if a in kept:
+                raise InvalidInput(f"VE {ctid} already has address {a}")
+            if a in add:
+                raise InvalidInput(f"address {a} is given twice")
+            add.append(a)
+        if (auto[6] or any(a.version == 6 for a in add)) and not have_ipv6():
+            raise Unsupported("this host has IPv6 turned off, so VEs cannot have IPv6 addresses")
+        if add or auto[4] or auto[6]:
+            used = self._used_addresses(ctid)
+            for a in add:
+                if a in used:
+                    raise InvalidInput(f"address {a} is in use by VE {used[a]}")
+            for version, n in auto.items():
+                if n and len(s.free(version, set(used) | set(kept) | set(add), n)) < n:
+                    pools = " ".join(map(str, s.pools(version))) or "none configured"
+                    raise InvalidInput(f"no free IPv{version} address left in the pool ({pools})")
+            self._host_conflicts(add, ctid)
+
+        current_pf = self.forwards(conf)
+        if any(x.strip().lower() == "all" for x in pfdel):
+            pf_drop = list(current_pf)
+        else:
+            pf_drop = []
+            for x in pfdel:
+                spec = parse_forward(x)
+                match = [f for f in current_pf if f.proto == spec.proto and f.host_port == spec.host_port]
+                if not match:
+                    raise InvalidInput(f"VE {ctid} has no port forward {spec.proto}:{spec.host_port}")
+                pf_drop += [f for f in match if f not in pf_drop]
+        pf_kept = [f for f in current_pf if f not in pf_drop]
+        pf_add: list[PortForward] = []
+        if pfadd:
+            taken = {(f.proto, f.host_port): other for other, values in self._other_confs(ctid)
+                     for f in (parse_forward(v) for v in values.get("PORTFWD", "").split())}
+            foreign = self.firewall.foreign_forwards()
+            for x in pfadd:
+                f = parse_forward(x)
+                key = (f.proto, f.host_port)
+                if any((g.proto, g.host_port) == key for g in pf_kept + pf_add):
+                    raise InvalidInput(f"host port {f.proto}:{f.host_port} is already forwarded to VE {ctid}")
+                if key in taken:
+                    raise InvalidInput(f"host port {f.proto}:{f.host_port} is already forwarded to VE {taken[key]}")
+                if key in foreign:
+                    raise InvalidInput(f"host port {f.proto}:{f.host_port} is already forwarded on this host "
+                                       "(by another engine root or tool)")
+                if _listening(f.proto, f.host_port):
+                    raise InvalidInput(f"host port {f.proto}:{f.host_port} is in use by a program on the host")
+                pf_add.append(f)
+        if pf_kept + pf_add and not (auto[4] or any(a.version == 4 for a in kept + add)):
+            raise InvalidInput("port forwards need an IPv4 address on the VE: add one with --ipadd")
+        return {"drop": drop, "add": add, "auto": auto, "pf_drop": pf_drop, "pf_add": pf_add}
+
+    def apply(self, conf: VEConfig, params: dict, running: bool, rb: Rollback) -> None:
+        if not params:
+            return
+        ctid = conf.ctid
+        s = self.settings()
+        with self._netlock():
+            old = self.addresses(conf)
+            old_pf = self.forwards(conf)
+            used = self._used_addresses(ctid)  # again, under the lock: another VE may have won
+            for a in params["add"]:
+                if a in used:
+                    raise InvalidInput(f"address {a} is in use by VE {used[a]}")
+            new = [a for a in old if a not in params["drop"]] + params["add"]
+            for version, n in params["auto"].items():
+                if n:
+                    new += self._pick(s, version, set(used) | set(new), n, ctid)
+            for a in new:
+                if a not in old:
+                    self._claim(a, ctid, rb)
+            pf = [f for f in old_pf if f not in params["pf_drop"]] + params["pf_add"]
+            conf.set_list("IP_ADDRESS", [str(a) for a in new])
+            conf.set_list("PORTFWD", [str(f) for f in pf])
+            if not running:
+                return
+            nsfd = self._open_netns(ctid)
+            if nsfd is None:
+                return  # it stopped meanwhile: the next start applies the config
+            added = [a for a in new if a not in old]
+            rb.add(f"restore the network of VE {ctid}", lambda: self._undo_live(ctid, old, old_pf, added))
+            try:
+                self._sync(ctid, new, pf, nsfd, drop=[a for a in old if a not in new], added=added,
+                           pf_changed=pf != old_pf or _first4(new) != _first4(old))
+            finally:
+                os.close(nsfd)
+
+    def _pick(self, s: NetSettings, version: int, taken: set, count: int, ctid: int) -> list[Address]:
+        """The next free addresses of the pool: not taken here, and not in use on the host either
+        (another engine root may use the same range)."""
+        from .netlink import Netlink
+
+        picked: list[Address] = []
+        with Netlink() as host:
+            for addr in s.candidates(version, taken):
+                route = host.lookup(addr)
+                if route is not None and (route.local or (
+                        route.dst.prefixlen == route.dst.max_prefixlen and route.oif is not None
+                        and host.name(route.oif) != self.ifname(ctid))):
+                    continue  # another root's VE, or the host's own
+                picked.append(addr)
+                if len(picked) == count:
+                    return picked
+        raise InvalidInput(f"no free IPv{version} address left in the pool "
+                           f"({' '.join(map(str, s.pools(version))) or 'none configured'})")
+
+    def _undo_live(self, ctid: int, addrs: list[Address], pf: list[PortForward], added: list[Address]) -> None:
+        with self._netlock():
+            nsfd = self._open_netns(ctid)
+            if nsfd is None:
+                return
+            try:
+                self._sync(ctid, addrs, pf, nsfd, drop=added, added=[a for a in addrs if a not in added],
+                           pf_changed=True)
+            finally:
+                os.close(nsfd)
+
+    # --- Feature: life cycle --------------------------------------------------------------
+    def lxc_config(self, conf: VEConfig) -> list[str]:
+        self._write_hook()
+        if conf.get("IP_ADDRESS") and "vzengine.netlink" not in sys.modules:
+            # The engine writes the LXC config just before lxc-start: import pyroute2 (~0.2 s of
+            # CPU) meanwhile, so after_start finds it loaded. Not a daemon thread: a process that
+            # ends right away (vzctl create) waits for the import instead of cutting it off.
+            threading.Thread(target=importlib.import_module, args=("vzengine.netlink",)).start()
+        return [f"lxc.hook.start-host = {self.hook_path}"]
+
+    def after_start(self, conf: VEConfig) -> None:
+        addrs, pf = self.addresses(conf), self.forwards(conf)
+        if not addrs and not pf:
+            return
+        with self._netlock():
+            nsfd = self._open_netns(conf.ctid)
+            if nsfd is None:
+                raise StateError(f"VE {conf.ctid} stopped while its network was being set up")
+            try:
+                self._sync(conf.ctid, addrs, pf, nsfd, pf_changed=bool(pf), fresh=True)
+            finally:
+                os.close(nsfd)
+
+    def restore_after_reboot(self, ctid: int, pid: int) -> None:
+        """Set a VE's network up again in the namespace LXC made for it (the start-host hook)."""
+        conf = self.engine.config(ctid)
+        addrs, pf = self.addresses(conf), self.forwards(conf)
+        if not addrs and not pf:
+            return
+        with self._netlock():
+            try:
+                nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise StateError(f"cannot open the network namespace of pid {pid}: {e.strerror}") from None
+            try:
+                if os.fstat(nsfd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+                    raise StateError(f"pid {pid} is in the host's network namespace, not in a VE's")
+                self._sync(ctid, addrs, pf, nsfd, pf_changed=bool(pf))
+            finally:
+                os.close(nsfd)
+
+    def after_stop(self, conf: VEConfig) -> None:
+        self._teardown(conf.ctid, self.addresses(conf), bool(self.forwards(conf)))
+
+    def destroy(self, conf: VEConfig) -> None:
+        # Its DNAT chain can only exist once this root's chains were made (the stamp says so).
+        self._teardown(conf.ctid, self.addresses(conf), bool(self.forwards(conf)) or self._stamp.exists())
+        if self._claims.is_dir():
+            for p in self._claims.iterdir():
+                with contextlib.suppress(OSError):
+                    if p.read_text().strip() == str(conf.ctid):
+                        p.unlink()
+
+    def purge(self) -> None:
+        """Remove every veth, proxy entry, rule and chain of this root (forwarding stays on)."""
+        ours = [n for n in os.listdir("/sys/class/net") if n.startswith(self.ifprefix)]
+        if ours:
+            from .netlink import Netlink
+
+            with Netlink() as host:
+                for name in ours:
+                    host.delete_link(name)
+        self.firewall.purge([4, 6] if have_ipv6() else [4])
+        for p in (self.hook_path, self._stamp):
+            p.unlink(missing_ok=True)
+        if self._claims.is_dir():
+            for p in self._claims.iterdir():
+                p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._claims.rmdir()
+
+    def info(self, conf: VEConfig, running: bool) -> dict:
+        out: dict = {}
+        pf = self.forwards(conf)
+        if pf:
+            out["portfwd"] = [str(f) for f in pf]
+        stats = self.counters(conf.ctid) if running else None
+        out.update(zip(COUNTERS, stats or (0, 0, 0, 0), strict=True))
+        if stats is not None:
+            out["netif"] = self.ifname(conf.ctid)
+        return out
+
+    def counters(self, ctid: int) -> tuple[int, int, int, int] | None:
+        """(bytes in, packets in, bytes out, packets out) of a VE since its network came up.
+
+        Read from its host-side veth: what the host sends into it is the VE's "in". None when
+        the VE has no veth. The counters start at zero at every start or reboot of the VE.
+        """
+        base = Path("/sys/class/net") / self.ifname(ctid) / "statistics"
+        try:
+            return tuple(int((base / n).read_text()) for n in ("tx_bytes", "tx_packets", "rx_bytes", "rx_packets"))
+        except (OSError, ValueError):
+            return None
+
+    # --- host plumbing --------------------------------------------------------------------
+    def _init_pid(self, ctid: int) -> int | None:
+        """The host pid of the VE's init: from its cgroup (cheap), else ask LXC."""
+        procs = cgroups.read("pids", self.layout.cgroup_dir(ctid), "cgroup.procs") or \
+            cgroups.read("memory", self.layout.cgroup_dir(ctid), "cgroup.procs") or ""
+        for pid in procs.split():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("NSpid:"):
+                            if line.split()[-1] == "1":
+                                return int(pid)
+                            break
+            except OSError:
+                continue
+        return self.engine.lxc.init_pid(ctid)
+
+    def _open_netns(self, ctid: int) -> int | None:
+        pid = self._init_pid(ctid)
+        if pid is None:
+            return None
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        if os.fstat(fd).st_ino == os.stat("/proc/self/ns/net").st_ino:  # never configure the host's
+            os.close(fd)
+            raise StateError(f"VE {ctid} has no network namespace of its own")
+        return fd
+
+    @property
+    def _stamp(self) -> Path:
+        return self.layout.rundir / "net-firewall"
+
+    def _ensure_host(self, versions: set[int]) -> None:
+        """Forwarding on, and this root's firewall chains in place (once per host boot)."""
+        s = self.settings()
+        if 4 in versions and _read_sysctl("/proc/sys/net/ipv4/ip_forward") != "1":
+            _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        if 6 in versions and _read_sysctl("/proc/sys/net/ipv6/conf/all/forwarding") != "1":
+            # A router ignores router advertisements unless accept_ra is 2: keep the host's own
+            # IPv6 default route on interfaces that take it from RAs.
+            for conf_dir in Path("/proc/sys/net/ipv6/conf").iterdir():
+                if conf_dir.name not in ("all", "default") and _read_sysctl(str(conf_dir / "accept_ra")) == "1":
+                    with contextlib.suppress(OSError):
+                        _write_sysctl(str(conf_dir / "accept_ra"), "2")
+            _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+        families = [4, 6] if have_ipv6() else [4]
+        want = " ".join([_read_sysctl("/proc/sys/kernel/random/boot_id"), *map(str, s.pools4), *map(str, s.pools6),
+                         str(s.nat)])
+        try:
+            if self._stamp.read_text() == want:
+                return
+        except OSError:
+            pass
+        fw = self.firewall
+        for family in families:
+            fw.ensure_root(family, s.pools(family), s.nat)
+        self._stamp.write_text(want)
+
+    def _sync(self, ctid: int, addrs: list[Address], forwards: list[PortForward], nsfd: int,
+              drop: list[Address] = (), added: list[Address] | None = None, pf_changed: bool = False,
+              fresh: bool = False) -> None:
+        """Make a running VE's network match ``addrs`` and ``forwards`` (the network lock is held).
+
+        ``drop`` are addresses to take away and ``added`` the new ones (None: all of ``addrs``
+        may be new); ``fresh`` says the VE has just started, so nothing of its network exists.
+        """
+        from .netlink import Netlink
+
+        s = self.settings()
+        dev = self.ifname(ctid)
+        v4 = [a for a in addrs if a.version == 4]
+        v6 = [a for a in addrs if a.version == 6]
+        if not addrs:
+            self._teardown(ctid, list(drop), pf_changed, locked=True)
+            return
+        if (v4 and s.host_ip is None) or (v6 and s.host_ip6 is None):
+            raise InvalidInput("vz.conf has no IP pool for this address family, so no HOST_IP for the VEs' links")
+        self._ensure_host({a.version for a in addrs})
+        with Netlink() as host, Netlink.of_netns(nsfd) as ve:
+            link = None if fresh and not Path("/sys/class/net", dev).exists() else host.link(dev)
+            eth = None if link is None else ve.link(VE_IFNAME)
+            if link is not None and (eth is None or eth.peer_index != link.index or link.peer_index != eth.index):
+                host.delete_link(dev)  # left over from a namespace that is gone or going
+                link = None
+            new_pair = link is None
+            if new_pair:
+                host_index, eth0 = self._new_pair(host, ve, dev, nsfd)
+                _write_sysctl(f"/proc/sys/net/ipv4/conf/{dev}/rp_filter", "1")
+            else:
+                host_index, eth0 = link.index, link.peer_index  # eth0's index inside the VE
+                host.set_up(host_index)
+            if forwards:  # the host's own connections to 127.0.0.1:port are NATed into the VE
+                _write_sysctl(f"/proc/sys/net/ipv4/conf/{dev}/route_localnet", "1")
+            if v4:
+                host.add_address(host_index, _iface(s.host_ip))
+            if v6:
+                host.add_address(host_index, _iface(s.host_ip6))
+                # The veth's own link-local address is tentative for a second or two (DAD), and
+                # until then the host sends no neighbour solicitation on it: fe80::1 is usable
+                # at once, and it is the VE's IPv6 gateway.
+                host.add_address(host_index, ipaddress.ip_interface(f"{GATEWAY6}/64"))
+            for a in drop:
+                host.del_route(_host_net(a), host_index)
+                self._unproxy(host, a)
+            for a in (addrs if new_pair or added is None else added):
+                self._route_to_ve(host, a, host_index)
+
+            ve.set_up(1)  # lo
+            ve.set_up(eth0)
+            for a in drop:
+                ve.del_address(eth0, _iface(a))
+            for a in (addrs if new_pair or added is None else added):
+                ve.add_address(eth0, _iface(a))
+            for version, mine, gateway in ((4, v4, s.host_ip), (6, v6, GATEWAY6)):
+                family = socket.AF_INET if version == 4 else socket.AF_INET6
+                default = ipaddress.ip_network("0.0.0.0/0" if version == 4 else "::/0")
+                has_default = False if new_pair else ve.has_default_route(family, eth0)
+                if mine and not has_default:
+                    ve.add_route(default, eth0, gateway=gateway, onlink=version == 4)
+                elif not mine and has_default:
+                    ve.del_route(default, eth0)
+        if pf_changed or forwards:
+            dest, rules = (v4[0] if v4 else None), (forwards if v4 else [])
+            if not self.firewall.set_port_forwards(ctid, dest, rules):
+                self._stamp.unlink(missing_ok=True)  # the root's chains are gone: make them again
+                self._ensure_host({a.version for a in addrs})
+                self.firewall.set_port_forwards(ctid, dest, rules)
+
+    @staticmethod
+    def _new_pair(host, ve, dev: str, nsfd: int) -> tuple[int, int]:
+        """Create the VE's veth pair; return the indexes of its host side and of eth0 inside."""
+        from .netlink import NetlinkError
+
+        try:
+            # A fresh namespace has only lo (1): asking for index 2 saves looking eth0 up.
+            host.add_veth(dev, VE_IFNAME, nsfd, peer_index=2)
+        except NetlinkError as e:
+            if e.errno not in (errno.EEXIST, errno.EBUSY):
+                raise
+            # index 2 is taken, or there is an eth0 the VE's root made itself (or a half-made pair)
+            with contextlib.suppress(NetlinkError):
+                ve.delete_link(VE_IFNAME)
+            host.add_veth(dev, VE_IFNAME, nsfd)
+            link = host.link(dev)
+            return link.index, link.peer_index
+        return host.index(dev), 2
+
+    def _route_to_ve(self, host, addr: Address, index: int) -> None:
+        """Route ``addr`` into the VE; answer ARP/NDP for it where it belongs to a host subnet."""
+        from .netlink import NetlinkError
+
+        before = host.lookup(addr)  # what the host would do with it without the VE
+        if before is not None and before.dst.prefixlen == before.dst.max_prefixlen and before.oif not in (None, index):
+            raise InvalidInput(f"address {addr} is already in use on this host "
+                               f"(routed through {host.name(before.oif) or 'another interface'})")
+        if before is not None and before.local:
+            raise InvalidInput(f"address {addr} is already in use on this host (it is one of its own)")
+        try:
+            host.add_route(_host_net(addr), index, exist_ok=before is not None and before.oif == index)
+        except NetlinkError as e:
+            if e.errno == 17:  # EEXIST: someone else's route for it appeared meanwhile
+                raise InvalidInput(f"address {addr} is already in use on this host") from None
+            raise
+        if before is not None and before.connected and before.oif != index:
+            uplink = host.name(before.oif)
+            if uplink and not uplink.startswith("vz"):
+                if addr.version == 6:
+                    _write_sysctl(f"/proc/sys/net/ipv6/conf/{uplink}/proxy_ndp", "1")
+                host.add_proxy_neighbour(addr, before.oif)
+
+    @staticmethod
+    def _unproxy(host, addr: Address) -> None:
+        """Stop answering ARP/NDP for ``addr`` (its route into the VE is gone already)."""
+        route = host.lookup(addr)
+        if route is not None and route.connected:
+            host.del_proxy_neighbour(addr, route.oif)
+
+    def _teardown(self, ctid: int, addrs: list[Address], forwards: bool, locked: bool = False) -> None:
+        """Remove the VE's veth (its routes go with it), proxy entries and port forwards."""
+        lock = contextlib.nullcontext() if locked else self._netlock()
+        with lock:
+            dev = self.ifname(ctid)
+            if Path("/sys/class/net", dev).exists() or addrs:
+                from .netlink import Netlink
+
+                with Netlink() as host:
+                    host.delete_link(dev)
+                    if addrs:
+                        for a, index in host.proxy_neighbours():
+                            if a in addrs:
+                                host.del_proxy_neighbour(a, index)
+            if forwards:
+                self.firewall.set_port_forwards(ctid, None, [])
+
+    # --- the reboot hook ------------------------------------------------------------------
+    def _write_hook(self) -> None:
+        lay = self.layout
+        project = Path(__file__).resolve().parent.parent
+        # Shell builtins only (no grep, no cat): it runs inside every lxc-start.
+        text = f"""#!/bin/sh
+# Written by vzengine (network.py); LXC runs it on the host before a VE's init starts.
+# When the engine itself is starting the VE, it sets the network up afterwards: exit at once.
+# Otherwise LXC is restarting the VE after a reboot inside it, in a new network namespace: set
+# the network up now, or, while another engine operation holds the VE (a backup, say), just
+# after it in the background, so that the hook never waits for that operation.
+ctid="$1"
+holder=
+read -r holder 2>/dev/null < "{lay.lockdir}/$ctid.lock"
+case "$holder" in
+"") mode=now ;;
+"start (pid "*|"restart (pid "*|"resume (pid "*) mode=skip ;;
+*) mode=later ;;
+esac
+if [ "$mode" != now ]; then
+    pid=${{holder##*pid }}; pid=${{pid%)}}
+    if [ -d "/proc/$pid" ]; then [ "$mode" = skip ] && exit 0; else mode=now; fi
+fi
+wanted=
+while IFS= read -r line; do
+    case "$line" in IP_ADDRESS=*|PORTFWD=*) wanted=1; break ;; esac
+done 2>/dev/null < "{lay.confdir}/$ctid.conf"
+[ -n "$wanted" ] || exit 0
+restore() {{
+    PYTHONPATH="{project}" "{sys.executable}" -m vzengine.cli.vzctl --root "{lay.root}" -q \\
+        net-hook "$ctid" "$LXC_PID" </dev/null >>"{lay.logdir}/$ctid.net.log" 2>&1
+}}
+if [ "$mode" = later ]; then (exec </dev/null >/dev/null 2>&1; restore) & else restore; fi
+exit 0
+"""
+        path = self.hook_path
+        try:
+            if path.read_text() == text:
+                return
+        except OSError:
+            pass
+        lay.rundir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+
+
+def _first4(addrs: list[Address]) -> Address | None:
+    return next((a for a in addrs if a.version == 4), None)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def add_set_options(parser) -> None:
+    g = parser.add_argument_group("network")
+    g.add_argument("--ipadd", action="append", default=None, metavar="ADDRESS",
+                   help="add an IPv4 or IPv6 address (auto: the next free one of the pool; auto6 for IPv6)")
+    g.add_argument("--ipdel", action="append", default=None, metavar="ADDRESS",
+                   help="remove an address (all: every address)")
+    g.add_argument("--portfwd", action="append", default=None, metavar="PROTO:HOSTPORT:VEPORT",
+                   help="forward a host port to the VE's first IPv4 address (e.g. tcp:2201:22)")
+    g.add_argument("--portfwd-del", action="append", default=None, metavar="PROTO:HOSTPORT",
+                   help="remove a port forward (all: every one)")
+
+
+def set_params(args) -> dict:
+    return {"ipadd": getattr(args, "ipadd", None), "ipdel": getattr(args, "ipdel", None),
+            "portfwd": getattr(args, "portfwd", None), "portfwd_del": getattr(args, "portfwd_del", None)}
+
+
+def register_commands(subparsers) -> None:
+    # Not for users: the LXC start-host hook calls it after a reboot inside a VE.
+    p = subparsers.add_parser("net-hook")
+    p.add_argument("ctid")
+    p.add_argument("pid", type=int)
+
+
+def run_command(eng, args, progress) -> int | None:
+    if args.command != "net-hook":
+        return None
+    from . import validate
+
+    feature = next(f for f in eng.features if isinstance(f, NetworkFeature))
+    try:
+        feature.restore_after_reboot(validate.ctid(args.ctid), args.pid)
+    except VZError as e:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} VE {args.ctid}: network not restored: {e.message}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _count(key: str):
+    return lambda i: i.extra.get(key, "-") if i.running else "-"
+
+
+VZLIST_FIELDS = {
+    "traffic_in": ("IN_BYTES", 12, _count("traffic_in_bytes")),
+    "traffic_out": ("OUT_BYTES", 12, _count("traffic_out_bytes")),
+    "packets_in": ("IN_PKTS", 10, _count("traffic_in_packets")),
+    "packets_out": ("OUT_PKTS", 10, _count("traffic_out_packets")),
+    "portfwd": ("PORTFWD", 20, lambda i: " ".join(i.extra.get("portfwd", [])) or "-"),
+}

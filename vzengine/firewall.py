@@ -1,0 +1,219 @@
+"""The iptables/ip6tables rules one engine root owns, named after its tag so it removes only its own.
+
+Root chains (created once per host boot, removed by ``purge``), with T the root's tag:
+
+    raw    VZ-T-AS    from PREROUTING for packets from the root's veths (-i vzT+): drop what a VE
+                      sends from an address the host does not route back to that VE (rpfilter),
+                      and anything it sends to 127/8 (the veths have route_localnet on)
+    filter VZ-T-FWD   from FORWARD (inserted first): accept traffic to and from the VEs, even
+                      when the host's FORWARD policy is DROP
+    nat    VZ-T-PF    from PREROUTING and OUTPUT for local destinations: port forwards
+    nat    VZ-T-POST  from POSTROUTING: NAT for the private part of the pool, hairpin NAT for
+                      port forwards used by VEs, and NAT for host connections to 127.0.0.1:port
+
+Per VE: nat chain VZ-T-<ctid> with its DNAT rules, jumped to from VZ-T-PF.
+
+Changes go through ``iptables-restore --noflush``: declaring ``:CHAIN`` flushes and refills just
+that chain in one transaction, so no rule of anyone else is touched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import Unsupported
+from .run import run, which
+
+TABLES = ("raw", "filter", "nat")
+
+
+@dataclass(frozen=True)
+class PortForward:
+    proto: str  # tcp | udp
+    host_port: int
+    ve_port: int
+
+    def __str__(self) -> str:
+        return f"{self.proto}:{self.host_port}:{self.ve_port}"
+
+
+def have_ipv6() -> bool:
+    return Path("/proc/sys/net/ipv6").is_dir()
+
+
+class Firewall:
+    def __init__(self, tag: str, ifprefix: str):
+        self.tag = tag
+        self.ifprefix = ifprefix  # every host-side veth of the root starts with it
+        self.prefix = f"VZ-{tag}-"
+
+    # --- names ----------------------------------------------------------------------------
+    def chain(self, what: str | int) -> str:
+        return f"{self.prefix}{what}"
+
+    # --- tools ----------------------------------------------------------------------------
+    @staticmethod
+    def _tool(family: int, save: bool = False) -> str:
+        name = ("iptables" if family == 4 else "ip6tables") + ("-save" if save else "-restore")
+        if which(name) is None:
+            raise Unsupported(f"VE networking needs {name}: apt-get install iptables")
+        return name
+
+    def save(self, family: int, table: str | None = None) -> str:
+        cmd = [self._tool(family, save=True)]
+        if table:
+            cmd += ["-t", table]
+        return run(cmd, what=f"read the {'ip6' if family == 6 else 'ip'}tables rules").stdout
+
+    def restore(self, family: int, script: str) -> None:
+        run([self._tool(family), "-w", "--noflush"], input=script,
+            what=f"change the {'ip6' if family == 6 else 'ip'}tables rules")
+
+    @staticmethod
+    def _tables(saved: str) -> dict[str, list[str]]:
+        """iptables-save output → {table: its lines}."""
+        out: dict[str, list[str]] = {}
+        table = None
+        for line in saved.splitlines():
+            if line.startswith("*"):
+                table = line[1:].strip()
+                out[table] = []
+            elif table is not None and line and not line.startswith("#") and line != "COMMIT":
+                out[table].append(line)
+        return out
+
+    def own_lines(self, family: int) -> list[str]:
+        """Every rule and chain of this root (``table: line``), for checks and tests."""
+        out = []
+        for table, lines in self._tables(self.save(family)).items():
+            for line in lines:
+                if self.prefix in line or self.ifprefix in line:
+                    out.append(f"{table}: {line}")
+        return out
+
+    # --- root chains ----------------------------------------------------------------------
+    def _jumps(self, family: int) -> dict[str, list[str]]:
+        """The rules in built-in chains that lead into this root's chains."""
+        iface = f"{self.ifprefix}+"
+        return {
+            "raw": [f"-A PREROUTING -i {iface} -j {self.chain('AS')}"],
+            "filter": [f"-I FORWARD 1 -j {self.chain('FWD')}"],
+            "nat": [f"-A PREROUTING -m addrtype --dst-type LOCAL -j {self.chain('PF')}",
+                    f"-A OUTPUT -m addrtype --dst-type LOCAL -j {self.chain('PF')}",
+                    f"-A POSTROUTING -j {self.chain('POST')}"],
+        }
+
+    def ensure_root(self, family: int, pools: Iterable, nat: bool) -> None:
+        """Create or refresh this root's chains for one address family (idempotent)."""
+        iface = f"{self.ifprefix}+"
+        pools = list(pools)
+        chains: dict[str, dict[str, list[str]]] = {
+            "raw": {self.chain("AS"): (["-d 127.0.0.0/8 -j DROP"] if family == 4 else [])
+                    + ["-m rpfilter --invert -j DROP"]},
+            "filter": {self.chain("FWD"): [f"-i {iface} -j ACCEPT", f"-o {iface} -j ACCEPT"]},
+            "nat": {self.chain("PF"): None, self.chain("POST"): []},
+        }
+        post = chains["nat"][self.chain("POST")]
+        if family == 4:
+            post.append(f"-s 127.0.0.0/8 -o {iface} -j MASQUERADE")
+        for net in pools:
+            post.append(f"-s {net} -o {iface} -m conntrack --ctstate DNAT -j MASQUERADE")
+        if nat:
+            for net in pools:
+                if net.is_private:
+                    post.append(f"-s {net} ! -d {net} ! -o {iface} -j MASQUERADE")
+        existing = self._tables(self.save(family))
+        script = []
+        for table in TABLES:
+            lines = existing.get(table, [])
+            have_chains = {ln.split()[0][1:] for ln in lines if ln.startswith(":")}
+            script.append(f"*{table}")
+            for name, rules in chains[table].items():
+                if rules is None:  # VZ-T-PF holds the per-VE jumps: create it, never flush it
+                    if name not in have_chains:
+                        script.append(f":{name} - [0:0]")
+                    continue
+                script.append(f":{name} - [0:0]")
+                script += [f"-A {name} {r}" for r in rules]
+            for jump in self._jumps(family)[table]:
+                if _as_append(jump) not in lines:
+                    script.append(jump)
+            script.append("COMMIT")
+        self.restore(family, "\n".join(script) + "\n")
+
+    # --- port forwards --------------------------------------------------------------------
+    def set_port_forwards(self, ctid: int, dest: ipaddress.IPv4Address | None,
+                          forwards: list[PortForward]) -> bool:
+        """Make VE ``ctid``'s DNAT rules exactly ``forwards`` to ``dest`` (none: remove them).
+
+        False when the root's chains are missing (flushed by someone): make them, then retry.
+        """
+        name, pf = self.chain(ctid), self.chain("PF")
+        nat = self._tables(self.save(4, "nat")).get("nat", [])
+        has_chain = any(ln.startswith(f":{name} ") for ln in nat)
+        jump = f"-A {pf} -j {name}"
+        if forwards and dest is not None and not any(ln.startswith(f":{pf} ") for ln in nat):
+            return False
+        if not forwards or dest is None:
+            if not has_chain:
+                return True
+            script = ["*nat"]
+            if jump in nat:
+                script.append(f"-D {pf} -j {name}")
+            script += [f"-F {name}", f"-X {name}", "COMMIT"]
+        else:
+            script = ["*nat", f":{name} - [0:0]"]
+            for f in forwards:
+                script.append(f"-A {name} -p {f.proto} -m {f.proto} --dport {f.host_port} "
+                              f"-j DNAT --to-destination {dest}:{f.ve_port}")
+            if jump not in nat:
+                script.append(jump)
+            script.append("COMMIT")
+        self.restore(4, "\n".join(script) + "\n")
+        return True
+
+    def foreign_forwards(self) -> set[tuple[str, int]]:
+        """(proto, port) of DNAT rules on this host that are not this root's (other roots, Docker)."""
+        out = set()
+        for line in self._tables(self.save(4, "nat")).get("nat", []):
+            if "DNAT" not in line or not line.startswith("-A ") or line.split()[1].startswith(self.prefix):
+                continue
+            proto = re.search(r"-p (tcp|udp)\b", line)
+            port = re.search(r"--dport (\d+)\b", line)
+            if proto and port:
+                out.add((proto.group(1), int(port.group(1))))
+        return out
+
+    # --- removal --------------------------------------------------------------------------
+    def purge(self, families: Iterable[int]) -> None:
+        """Remove every chain of this root and every rule that leads into one."""
+        for family in families:
+            if which("iptables-save" if family == 4 else "ip6tables-save") is None:
+                continue
+            existing = self._tables(self.save(family))
+            script = []
+            for table, lines in existing.items():
+                ours = [ln.split()[0][1:] for ln in lines if ln.startswith(f":{self.prefix}")]
+                into = [ln for ln in lines if ln.startswith("-A ") and not ln.split()[1].startswith(self.prefix)
+                        and re.search(rf"-j {re.escape(self.prefix)}\S+", ln)]
+                if not ours and not into:
+                    continue
+                script.append(f"*{table}")
+                script += ["-D" + ln[2:] for ln in into]
+                script += [f"-F {c}" for c in ours]
+                script += [f"-X {c}" for c in ours]
+                script.append("COMMIT")
+            if script:
+                self.restore(family, "\n".join(script) + "\n")
+
+
+def _as_append(jump: str) -> str:
+    """How iptables-save prints a rule given as ``-I CHAIN 1 ...`` or ``-A CHAIN ...``."""
+    parts = jump.split()
+    if parts[0] == "-I":
+        parts = ["-A", parts[1], *parts[3:]]
+    return " ".join(parts)
