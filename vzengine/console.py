@@ -2,7 +2,13 @@
 
 A session outlives the browser tabs that watch it: it keeps a scrollback buffer so a viewer
 who reconnects sees recent output, fans output out to any number of subscribers, and takes
-input and window sizes from whoever holds it. It runs in asyncio, one reader per pty.
+input and window sizes from whoever holds it. It runs in asyncio, one reader per pty, and
+never blocks the event loop: input the pty cannot take at once waits in a bounded queue, and
+the process is reaped off the loop.
+
+Output is numbered: ``total`` counts every byte the pty has produced, and the scrollback
+holds the bytes ``[total - len(buffer), total)``, so a viewer can say where it is
+(``since(offset)``) and a slow one can be held back without holding back the others.
 
 The pty master lives on the host; CRIU cannot checkpoint a VE while one is attached, so end
 a VE's sessions before suspending it (``SessionRegistry.close_ve``).
@@ -18,6 +24,7 @@ import signal
 import struct
 import subprocess
 import termios
+import threading
 import time
 import tty
 import uuid
@@ -28,6 +35,8 @@ from .errors import InvalidInput
 MAX_ROWS = 500
 MAX_COLS = 1000
 DEFAULT_SCROLLBACK = 256 * 1024
+MAX_PENDING_INPUT = 1024 * 1024  # input waiting for the pty beyond this is refused
+MODES = ("root", "login")
 
 Subscriber = Callable[[bytes], None]
 
@@ -43,6 +52,20 @@ def check_size(rows, cols) -> tuple[int, int]:
     return rows, cols
 
 
+def session_argv(engine, ctid: int, mode: str = "root", term: str | None = None) -> list[str]:
+    """Return the command line of a console in VE ctid: a root shell, or the VE's own login prompt."""
+    if mode not in MODES:
+        raise InvalidInput(f"unknown console mode {mode!r} (root or login)")
+    argv = engine.enter_argv(ctid, term)
+    if mode == "login":
+        # login(1) from the VE's PATH asks for a user and password and starts that user's shell. It must
+        # own its terminal, and the one lxc-attach gives belongs to the host's root (unmapped in the VE):
+        # where script(1) exists (Debian), it makes a terminal inside the VE first. Busybox login copes.
+        argv = [*argv, "--", "/bin/sh", "-c",
+                "command -v script >/dev/null 2>&1 && exec script -qfc login /dev/null; exec login"]
+    return argv
+
+
 def _set_controlling_tty() -> None:  # runs in the child, after setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
@@ -55,18 +78,23 @@ class ConsoleSession:
         self.id = uuid.uuid4().hex
         self.ctid = ctid
         self.argv = argv
+        self.key = "root"
         self.rows, self.cols = check_size(rows, cols)
         self.limit = scrollback
         self.env = env
         self.buffer = bytearray()
+        self.total = 0  # bytes produced so far; the buffer ends at this offset
         self.subscribers: set[Subscriber] = set()
         self.created = time.time()
         self.last_activity = time.monotonic()
+        self.last_input = time.monotonic()
         self.returncode: int | None = None
         self.closed = asyncio.Event()
         self._proc: subprocess.Popen | None = None
         self._master = -1
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending = bytearray()  # input the pty has not taken yet
+        self._reading = False
 
     # --- life -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -87,7 +115,7 @@ class ConsoleSession:
             os.close(slave)
         self._master = master
         os.set_blocking(master, False)
-        self._loop.add_reader(master, self._on_readable)
+        self.resume_reading()
 
     def _on_readable(self) -> None:
         try:
@@ -100,63 +128,104 @@ class ConsoleSession:
             self._finish()
             return
         self.last_activity = time.monotonic()
+        self.total += len(data)
         self.buffer += data
         if len(self.buffer) > self.limit:
             del self.buffer[: len(self.buffer) - self.limit]
         for fn in list(self.subscribers):
             fn(data)
 
-    def _finish(self) -> None:
-        if self._master >= 0:
+    def pause_reading(self) -> None:
+        """Stop reading the pty: the process in the VE blocks on output, as on a real terminal (^S)."""
+        if self._reading and self._master >= 0:
             self._loop.remove_reader(self._master)
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        if not self._reading and self._master >= 0:
+            self._loop.add_reader(self._master, self._on_readable)
+            self._reading = True
+
+    @property
+    def paused(self) -> bool:
+        return self.alive and not self._reading
+
+    def _finish(self) -> None:
+        """Release the pty; reap the process off the loop, then mark the session closed."""
+        if self._master >= 0:
+            self.pause_reading()
+            with contextlib.suppress(ValueError, RuntimeError):
+                self._loop.remove_writer(self._master)
             os.close(self._master)
             self._master = -1
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.returncode = self._proc.wait(timeout=2)
-            if self.returncode is None:
-                self._kill()
-        self.closed.set()
+            self._pending.clear()
+            threading.Thread(target=self._reap, name=f"console-reap-{self.ctid}", daemon=True).start()
 
-    def _kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGHUP)
+    def _reap(self) -> None:
+        if self._proc is not None:
             try:
                 self.returncode = self._proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._proc.pid, signal.SIGKILL)
-                self.returncode = self._proc.wait()
+                self._signal(signal.SIGHUP)
+                try:
+                    self.returncode = self._proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    self._signal(signal.SIGKILL)
+                    self.returncode = self._proc.wait()
+        with contextlib.suppress(RuntimeError):  # the loop has gone: nobody waits for us
+            self._loop.call_soon_threadsafe(self.closed.set)
+
+    def _signal(self, sig: int) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, sig)
 
     async def close(self) -> None:
-        """End the session: hang up the process group, release the pty."""
+        """End the session: hang up the process group, release the pty, wait for the process."""
         if self.closed.is_set():
             return
-        self._kill()
+        self._signal(signal.SIGHUP)
         self._finish()
+        await self.closed.wait()
 
     @property
     def alive(self) -> bool:
-        return not self.closed.is_set()
+        return self._master >= 0 and not self.closed.is_set()
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
     # --- input ------------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
+        """Send data to the process; return False (and drop it) if too much input is waiting already."""
         if not self.alive:
+            return False
+        if len(self._pending) + len(data) > MAX_PENDING_INPUT:
+            return False
+        self.last_activity = self.last_input = time.monotonic()
+        was_waiting = bool(self._pending)
+        self._pending += data
+        if not was_waiting:
+            self._drain()
+        return True
+
+    def _drain(self) -> None:
+        if self._master < 0:
             return
-        self.last_activity = time.monotonic()
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self._master, view)
-            except BlockingIOError:
-                time.sleep(0.001)
-                continue
-            view = view[n:]
+        try:
+            while self._pending:
+                n = os.write(self._master, self._pending)
+                del self._pending[:n]
+        except BlockingIOError:
+            pass
+        except OSError:  # the pty is going away; the reader sees EIO and ends the session
+            self._pending.clear()
+        if self._pending:
+            self._loop.add_writer(self._master, self._drain)
+        else:
+            with contextlib.suppress(ValueError, RuntimeError):
+                self._loop.remove_writer(self._master)
 
     def resize(self, rows, cols) -> None:
         self.rows, self.cols = check_size(rows, cols)
@@ -175,8 +244,24 @@ class ConsoleSession:
     def unsubscribe(self, fn: Subscriber) -> None:
         self.subscribers.discard(fn)
 
+    @property
+    def start_offset(self) -> int:
+        """Offset of the oldest byte still in the scrollback."""
+        return self.total - len(self.buffer)
+
+    def since(self, offset: int, limit: int | None = None) -> tuple[int, bytes]:
+        """Return (from, data): output from offset on, or from the oldest byte kept if offset is older."""
+        start = max(offset, self.start_offset)
+        begin = start - self.start_offset
+        end = len(self.buffer) if limit is None else min(len(self.buffer), begin + limit)
+        return start, bytes(self.buffer[begin:end])
+
     def idle_for(self) -> float:
         return time.monotonic() - self.last_activity
+
+    def input_idle_for(self) -> float:
+        """Seconds since anyone typed (or since the session began)."""
+        return time.monotonic() - self.last_input
 
 
 class SessionRegistry:
@@ -185,23 +270,33 @@ class SessionRegistry:
     def __init__(self, idle_timeout: float = 3600.0):
         self.idle_timeout = idle_timeout
         self.sessions: dict[str, ConsoleSession] = {}
+        self._locks: dict[tuple[int, str], asyncio.Lock] = {}
 
     def find(self, ctid: int, key: str = "root") -> ConsoleSession | None:
         for s in self.sessions.values():
-            if s.ctid == ctid and s.alive and getattr(s, "key", "root") == key:
+            if s.ctid == ctid and s.alive and s.key == key:
                 return s
         return None
 
-    async def open(self, ctid: int, argv: list[str], key: str = "root", **kw) -> tuple[ConsoleSession, bool]:
-        """Return (session, created): the VE's live session of this kind, or a new one."""
-        existing = self.find(ctid, key)
-        if existing:
-            return existing, False
-        session = ConsoleSession(argv, ctid, **kw)
-        session.key = key
-        await session.start()
-        self.sessions[session.id] = session
-        return session, True
+    async def open(self, ctid: int, argv: list[str] | Callable[[], list[str]], key: str = "root",
+                   **kw) -> tuple[ConsoleSession, bool]:
+        """Return (session, created): the VE's live session of this kind, or a new one.
+
+        argv may be a callable, called (in a thread: it may ask the engine) only when a new
+        session is needed; concurrent opens of the same (VE, kind) make one session.
+        """
+        lock = self._locks.setdefault((ctid, key), asyncio.Lock())
+        async with lock:
+            existing = self.find(ctid, key)
+            if existing:
+                return existing, False
+            if callable(argv):
+                argv = await asyncio.to_thread(argv)
+            session = ConsoleSession(argv, ctid, **kw)
+            session.key = key
+            await session.start()
+            self.sessions[session.id] = session
+            return session, True
 
     async def reap(self) -> list[ConsoleSession]:
         """Close sessions idle past the timeout and forget finished ones; return those ended."""
@@ -223,6 +318,5 @@ class SessionRegistry:
         return n
 
     async def close_all(self) -> None:
-        for s in list(self.sessions.values()):
-            await s.close()
+        await asyncio.gather(*(s.close() for s in self.sessions.values()))
         self.sessions.clear()

@@ -138,9 +138,10 @@ class Engine:
         extra: dict = {}
         for feature in self.features:
             extra.update(feature.info(conf, bool(n)))
+        status = "running" if n else "suspended" if extra.get("suspended") else "stopped"
         return VEInfo(
             ctid=conf.ctid,
-            status="running" if n else "stopped",
+            status=status,
             hostname=conf.hostname,
             ostemplate=conf.ostemplate,
             ip_addresses=conf.get_list("IP_ADDRESS"),
@@ -579,6 +580,57 @@ class Engine:
         if self.layout.storage != "btrfs":
             shutil.rmtree(self.layout.root, ignore_errors=True)
 
+    # --- snapshots, backups, checkpoints (vzengine/snapshots.py) ---
+    def snapshot(self, ctid, name: str | None = None, description: str = "", progress: Progress = _quiet):
+        from . import snapshots
+        return snapshots.snapshot(self, ctid, name, description, progress=progress)
+
+    def snapshot_list(self, ctid, sizes: bool = True):
+        from . import snapshots
+        return snapshots.snapshot_list(self, ctid, sizes=sizes)
+
+    def snapshot_switch(self, ctid, name: str, progress: Progress = _quiet) -> VEInfo:
+        from . import snapshots
+        return snapshots.snapshot_switch(self, ctid, name, progress=progress)
+
+    def snapshot_delete(self, ctid, name: str, progress: Progress = _quiet) -> None:
+        from . import snapshots
+        snapshots.snapshot_delete(self, ctid, name, progress=progress)
+
+    def clone(self, src, dst, linked: bool = False, hostname: str | None = None, snapshot: str | None = None,
+              progress: Progress = _quiet, **params) -> VEInfo:
+        from . import snapshots
+        return snapshots.clone(self, src, dst, linked=linked, hostname=hostname, snapshot=snapshot,
+                               progress=progress, **params)
+
+    def backup(self, ctid, directory=None, progress: Progress = _quiet):
+        from . import backup
+        return backup.backup(self, ctid, directory, progress=progress)
+
+    def backup_verify(self, path, progress: Progress = _quiet) -> dict:
+        from . import backup
+        return backup.verify(path, progress=progress)
+
+    def restore(self, path, ctid=None, force: bool = False, progress: Progress = _quiet) -> VEInfo:
+        from . import backup
+        return backup.restore(self, path, ctid, force=force, progress=progress)
+
+    def reinstall(self, ctid, ostemplate: str | None = None, keep=(), snapshot: bool = True,
+                  progress: Progress = _quiet) -> VEInfo:
+        from . import snapshots
+        return snapshots.reinstall(self, ctid, ostemplate, keep=keep, snapshot=snapshot, progress=progress)
+
+    def suspend(self, ctid, progress: Progress = _quiet) -> dict:
+        from . import checkpoint
+        return checkpoint.suspend(self, ctid, progress=progress)
+
+    def resume(self, ctid, progress: Progress = _quiet) -> dict:
+        from . import checkpoint
+        return checkpoint.resume(self, ctid, progress=progress)
+
+    def is_suspended(self, ctid) -> bool:
+        from . import checkpoint
+        return checkpoint.is_suspended(self, validate.ctid(ctid))
 
 ADD_USER_SCRIPT = """
 if command -v useradd >/dev/null; then exec useradd -m -s /bin/bash "$1"

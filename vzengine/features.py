@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 FEATURES: dict[str, str] = {
     "network": "vzengine.network:NetworkFeature",
     "resources": "vzengine.resources:ResourcesFeature",
+    "snapshots": "vzengine.snapshots:SnapshotsFeature",
 }
 
 

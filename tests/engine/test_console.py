@@ -1,14 +1,30 @@
 """Console sessions: a real pty into a real VE, with scrollback, resize and several viewers."""
 
 import asyncio
+import os
 import re
 
 import pytest
 
 from vzengine import InvalidInput
-from vzengine.console import ConsoleSession, SessionRegistry, check_size
+from vzengine.console import MAX_PENDING_INPUT, ConsoleSession, SessionRegistry, check_size, session_argv
 
 pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def tiny_ve(vz_root):
+    """One running tiny VE for the whole module: every test makes its own sessions in it."""
+    from vzengine import Engine
+
+    eng = Engine(vz_root, lock_wait=30)
+    ctid = 7_770_000 + os.getpid() % 1000 * 10
+    eng.create(ctid, "tiny", hostname=f"c{ctid}")
+    try:
+        eng.start(ctid, wait_boot=True)
+        yield ctid
+    finally:
+        eng.destroy(ctid)
 
 
 async def _until(session_output: bytearray, needle: bytes, timeout: float = 10.0) -> None:
@@ -104,3 +120,109 @@ def test_the_session_ends_when_the_shell_exits(engine, tiny_ve):
 def test_absurd_sizes_are_refused(rows, cols):
     with pytest.raises(InvalidInput, match="terminal size"):
         check_size(rows, cols)
+
+
+def test_output_is_numbered_and_the_scrollback_keeps_the_newest(engine, tiny_ve):
+    async def go():
+        s = ConsoleSession(engine.enter_argv(tiny_ve), tiny_ve, scrollback=2000)
+        await s.start()
+        seen = terminal(s)
+        try:
+            await _until(seen, b"# ")
+            s.write(b"i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; echo END-$((2*3))\n")
+            await _until(seen, b"END-6")
+            assert s.total == len(seen) and s.total > 3000
+            assert len(s.buffer) == 2000 and s.start_offset == s.total - 2000
+            start, data = s.since(0)  # too old: from the oldest byte kept
+            assert start == s.start_offset and data == bytes(seen[-2000:])
+            start, data = s.since(s.total - 10, limit=4)
+            assert start == s.total - 10 and data == bytes(seen[-10:-6])
+        finally:
+            await s.close()
+
+    asyncio.run(go())
+
+
+def test_a_paused_session_holds_output_until_resumed(engine, tiny_ve):
+    async def go():
+        s = ConsoleSession(engine.enter_argv(tiny_ve), tiny_ve)
+        await s.start()
+        seen = terminal(s)
+        try:
+            await _until(seen, b"# ")
+            s.pause_reading()
+            assert s.paused
+            s.write(b"echo HELD-$((40+2))\n")
+            await asyncio.sleep(0.5)
+            assert b"HELD-42" not in seen
+            s.resume_reading()
+            await _until(seen, b"HELD-42")
+        finally:
+            await s.close()
+
+    asyncio.run(go())
+
+
+def test_input_the_ve_does_not_read_never_blocks_the_loop(engine, tiny_ve):
+    async def go():
+        s = ConsoleSession(engine.enter_argv(tiny_ve), tiny_ve)
+        await s.start()
+        seen = terminal(s)
+        try:
+            await _until(seen, b"# ")
+            s.write(b"sleep 30\n")  # reads no input: the ptys fill, then our queue
+            await asyncio.sleep(0.3)
+            chunk = b"x" * 65536
+            sent = 0
+            t0 = asyncio.get_running_loop().time()
+            while s.write(chunk):
+                sent += len(chunk)
+                await asyncio.sleep(0)
+                assert sent < 64 * MAX_PENDING_INPUT, "input was never refused"
+            assert asyncio.get_running_loop().time() - t0 < 5
+            assert sent >= MAX_PENDING_INPUT - len(chunk)
+        finally:
+            await s.close()
+        assert not s.alive
+
+    asyncio.run(go())
+
+
+def test_login_mode_shows_the_ves_login_prompt(engine, tiny_ve):
+    async def go():
+        s = ConsoleSession(session_argv(engine, tiny_ve, "login"), tiny_ve)
+        await s.start()
+        seen = terminal(s)
+        try:
+            await _until(seen, b"login: ")
+        finally:
+            await s.close()
+
+    asyncio.run(go())
+    with pytest.raises(InvalidInput, match="console mode"):
+        session_argv(engine, tiny_ve, "telnet")
+
+
+@pytest.mark.slow
+def test_login_mode_logs_in_to_a_debian_ve(engine, new_ctid):
+    ctid = new_ctid()
+    engine.create(ctid, "debian-12-sysv", hostname=f"d{ctid}", userpasswd=[("root", "Console-pass-42")])
+    engine.start(ctid, wait_boot=True)
+
+    async def go():
+        s = ConsoleSession(session_argv(engine, ctid, "login"), ctid)
+        await s.start()
+        seen = terminal(s)
+        try:
+            await _until(seen, b"login: ")
+            s.write(b"root\r")
+            await _until(seen, b"assword")
+            s.write(b"Console-pass-42\r")
+            await _until(seen, b"# ")
+            s.write(b"id -u; echo IN-$((20+1))\r")
+            await _until(seen, b"IN-21")
+            assert re.search(rb"[\r\n]0\r+\nIN-21", seen), seen
+        finally:
+            await s.close()
+
+    asyncio.run(go())

@@ -1,0 +1,652 @@
+"""VE backups: one .tar.zst archive per backup, taken from a read-only snapshot while the VE runs.
+
+An archive is a single POSIX tar stream, compressed with zstd, holding in this order:
+
+    vzbackup/info.json       what it is (format, VE id, template, time): read first, to refuse
+                             a foreign file at once
+    vzbackup/ve.conf         the VE's config
+    root/...                 the VE's files as GNU tar writes them (numeric owners, modes,
+                             xattrs, ACLs, hard links, device nodes, sparse files)
+    vzbackup/manifest.json   counts, sizes and the SHA-256 of every byte before it
+
+The manifest is last because the checksum covers everything written before it; a reader
+hashes the stream as it goes (``TarScanner``), so verifying and restoring take one pass,
+and a restore that finds a bad checksum throws its half-extracted copy away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import checkpoint, validate
+from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, Unsupported
+from .layout import read_kv
+from .rollback import Rollback
+from .run import which
+from .veconf import VEConfig
+
+if TYPE_CHECKING:
+    from .engine import Engine, VEInfo
+
+Progress = Callable[[int, str], None]
+
+FORMAT = "vzpanel-backup"
+VERSION = 1
+INFO = "vzbackup/info.json"
+CONF = "vzbackup/ve.conf"
+MANIFEST = "vzbackup/manifest.json"
+OURS = "vzbackup/"
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+CHUNK = 1 << 20
+SUFFIX = ".tar.zst"
+TAR_OPTIONS = ["--format=posix", "--pax-option=delete=atime,delete=ctime", "--numeric-owner", "--xattrs",
+               "--xattrs-include=*", "--acls"]
+# Header types that carry no data (POSIX: hard link, symlink, devices, directory, FIFO).
+_NO_DATA = {b"1", b"2", b"3", b"4", b"5", b"6"}
+# Headers that describe the member after them (pax extended, GNU long name/link).
+_META = {b"x", b"g", b"L", b"K"}
+_CAPTURE_MAX = 1 << 20
+
+
+def _quiet(_pct: int, _msg: str) -> None:
+    pass
+
+
+class BadArchive(InvalidInput):
+    """The file is not a vzpanel backup, or it is truncated or damaged."""
+
+
+# --- the archive format ----------------------------------------------------------------------
+
+class TarScanner:
+    """Follow a tar byte stream header by header: hash it, count its members, keep our own small ones.
+
+    Member data passes through untouched (to ``sink``, when given). The end-of-archive block is
+    not passed on, so a writer can append members after GNU tar's output.
+    """
+
+    def __init__(self, sink: Callable[[bytes | memoryview], object] | None = None):
+        self.sink = sink
+        self.sha = hashlib.sha256()
+        self.offset = 0  # bytes accepted so far (before the end-of-archive block)
+        self.members = 0  # entries of the VE's tree (files, directories, links, devices)
+        self.data_bytes = 0  # bytes of regular-file data among them
+        self.ended = False
+        self.names: list[str] = []  # our own members, in order
+        self.captured: dict[str, bytes] = {}
+        self.hash_before: dict[str, str] = {}  # our member -> SHA-256 of all bytes before its header
+        self.offset_before: dict[str, int] = {}
+        self.first: str | None = None
+        self._hdr = bytearray()
+        self._left = 0  # data (with padding) of the current member still to pass
+        self._take = 0  # how much of it is data rather than padding
+        self._cap: tuple[str, bytearray] | None = None
+        self._pax_size: int | None = None
+        self._overridden = False  # the next header's name was set by a pax/GNU header before it
+        self._out = bytearray()
+
+    def _emit(self, data) -> None:
+        self._out += data
+        self.offset += len(data)
+        if len(self._out) >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hash and pass on what is buffered (the scanner buffers to hash and write in big pieces)."""
+        if self._out:
+            self.sha.update(self._out)
+            if self.sink is not None:
+                self.sink(self._out)
+            self._out = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        i, n = 0, len(view)
+        while i < n and not self.ended:
+            if self._left:
+                k = min(self._left, n - i)
+                piece = view[i:i + k]
+                if self._cap is not None and self._take:
+                    t = min(self._take, k)
+                    self._cap[1].extend(piece[:t])
+                    self._take -= t
+                self._emit(piece)
+                self._left -= k
+                i += k
+                if not self._left and self._cap is not None:
+                    self._finish_capture()
+                continue
+            k = min(BLOCK - len(self._hdr), n - i)
+            self._hdr.extend(view[i:i + k])
+            i += k
+            if len(self._hdr) == BLOCK:
+                block = bytes(self._hdr)
+                self._hdr.clear()
+                self._header(block)
+        if self.ended:
+            self.flush()
+
+    def _header(self, block: bytes) -> None:
+        if block == ZERO_BLOCK:
+            self.ended = True
+            return
+        stored = _octal(block[148:156], "checksum")
+        if stored not in (sum(block[:148]) + 256 + sum(block[156:]),):
+            raise BadArchive(f"damaged tar header at byte {self.offset} of the archive")
+        name = block[:100].split(b"\0", 1)[0]
+        if block[257:263] == b"ustar\x00":
+            prefix = block[345:500].split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+        kind = block[156:157]
+        size = _size(block[124:136])
+        if kind not in _META and self._pax_size is not None:
+            size = self._pax_size
+        text = name.decode("utf-8", "replace")
+        ours = kind in (b"0", b"\0") and not self._overridden and text.startswith(OURS)
+        if self.first is None:
+            self.first = text
+        if ours:
+            self.flush()
+            self.names.append(text)
+            self.hash_before[text] = self.sha.hexdigest()
+            self.offset_before[text] = self.offset
+        self._emit(block)
+        if kind in _META:
+            self._overridden = True
+        else:
+            self._overridden = False
+            self._pax_size = None
+            if not ours:
+                self.members += 1
+                if kind in (b"0", b"\0", b"7", b"S"):
+                    self.data_bytes += size
+        has_data = kind not in _NO_DATA
+        if not has_data or size == 0:
+            if ours:
+                self.captured[text] = b""
+            return
+        if (ours or kind in (b"x", b"g")) and size > _CAPTURE_MAX:
+            raise BadArchive(f"member {text} is too large for a vzpanel backup's own file")
+        if ours or kind == b"x":
+            self._cap = (text if ours else "\0pax", bytearray())
+        self._take = size
+        self._left = (size + BLOCK - 1) // BLOCK * BLOCK
+
+    def _finish_capture(self) -> None:
+        name, data = self._cap
+        self._cap = None
+        if name == "\0pax":
+            self._pax_size = _pax_size(bytes(data))
+        else:
+            self.captured[name] = bytes(data)
+
+
+def _octal(field: bytes, what: str) -> int:
+    s = field.replace(b"\0", b" ").strip()
+    try:
+        return int(s, 8) if s else 0
+    except ValueError:
+        raise BadArchive(f"damaged tar header ({what} field)") from None
+
+
+def _size(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256
+        return int.from_bytes(field[1:], "big")
+    return _octal(field, "size")
+
+
+def _pax_size(data: bytes) -> int | None:
+    """The ``size`` record of a pax extended header, if any."""
+    i = 0
+    found = None
+    while i < len(data):
+        sp = data.find(b" ", i)
+        if sp < 0:
+            break
+        try:
+            length = int(data[i:sp])
+        except ValueError:
+            raise BadArchive("damaged pax header") from None
+        rec = data[sp + 1:i + length - 1]
+        key, _, value = rec.partition(b"=")
+        if key == b"size":
+            found = int(value)
+        if length <= 0:
+            break
+        i += length
+    return found
+
+
+def member(name: str, data: bytes) -> bytes:
+    """One tar member (ustar header and padded data) holding ``data`` as regular file ``name``."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o600
+    info.mtime = int(time.time())
+    pad = (-len(data)) % BLOCK
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + data + bytes(pad)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+@dataclass
+class BackupResult:
+    path: Path
+    manifest: dict
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+def backup_dir(eng: Engine, directory: str | os.PathLike | None = None) -> Path:
+    return Path(directory).absolute() if directory else eng.layout.root / "backups"
+
+
+def _need(tool: str, package: str) -> None:
+    if not which(tool):
+        raise Unsupported(f"backups need {tool}: apt-get install {package}")
+
+
+def backup(eng: Engine, ctid, directory: str | os.PathLike | None = None,
+           progress: Progress = _quiet) -> BackupResult:
+    """Write a backup archive of a VE (running or not) into ``directory`` (default <root>/backups)."""
+    from . import snapshots
+
+    _need("zstd", "zstd")
+    conf = eng.config(ctid)
+    ctid = conf.ctid
+    outdir = backup_dir(eng, directory)
+    if outdir.exists() and not outdir.is_dir():
+        raise InvalidInput(f"backup directory {outdir} is not a directory")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with eng._lock(ctid, "backup"):
+        running = eng.is_running(ctid)
+        state = "suspended" if checkpoint.is_suspended(eng, ctid) else "running" if running else "stopped"
+        conf_bytes = conf.path.read_bytes()
+        if not eng.storage.can_snapshot:
+            if running:
+                raise Unsupported(f"VE {ctid} runs and this root keeps VEs in plain directories (STORAGE=dir), "
+                                  "which cannot be snapshotted: stop the VE to back it up")
+            # Plain directories: copy under the lock, so the VE stays stopped meanwhile.
+            return _write(eng, conf, conf_bytes, eng.layout.private(ctid), outdir, stamp, state, progress)
+        progress(2, "taking a read-only snapshot to back up from")
+        src = snapshots.temp_snapshot(eng, ctid, "backup")
+    # The snapshot is a consistent copy: the VE may start, stop or change while it is being read.
+    try:
+        return _write(eng, conf, conf_bytes, src, outdir, stamp, state, progress)
+    finally:
+        snapshots.drop_temp_snapshot(eng, src)
+
+
+def _write(eng: Engine, conf: VEConfig, conf_bytes: bytes, src: Path, outdir: Path, stamp: str,
+           state: str, progress: Progress) -> BackupResult:
+    outdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    final = outdir / f"ve-{conf.ctid}-{stamp}{SUFFIX}"
+    n = 1
+    while final.exists():
+        n += 1
+        final = outdir / f"ve-{conf.ctid}-{stamp}-{n}{SUFFIX}"
+    partial = final.with_name(f".{final.name}.partial")
+    estimate = eng.storage.usage(src) if hasattr(eng.storage, "usage") else None
+    info = {"format": FORMAT, "version": VERSION, "ctid": conf.ctid, "hostname": conf.hostname,
+            "ostemplate": conf.ostemplate, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "ve_state": state, "idmap_base": eng._base_uid(), "estimated_bytes": estimate}
+    t0 = time.monotonic()
+    try:
+        manifest = _pipe_out(conf, conf_bytes, src, partial, info, estimate, t0, progress)
+        os.replace(partial, final)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    secs = time.monotonic() - t0
+    progress(100, f"VE {conf.ctid} backed up to {final} ({manifest['bytes'] / 1e6:.0f} MB of files, "
+                  f"{final.stat().st_size / 1e6:.0f} MB compressed, {secs:.1f} s)")
+    return BackupResult(final, manifest)
+
+
+def _pipe_out(conf: VEConfig, conf_bytes: bytes, src: Path, partial: Path, info: dict,
+              estimate: int | None, t0: float, progress: Progress) -> dict:
+    """tar of ``src`` -> scanner (hash, count, our members around it) -> zstd -> ``partial``."""
+    with open(partial, "wb") as out_f, tempfile.TemporaryFile() as zerr, tempfile.TemporaryFile() as terr:
+        os.fchmod(out_f.fileno(), 0o600)
+        zstd = subprocess.Popen(["zstd", "-q", "-T0", "-3", "-c"], stdin=subprocess.PIPE, stdout=out_f,
+                                stderr=zerr)
+        tar = None
+        try:
+            tar = subprocess.Popen(["tar", "-c", *TAR_OPTIONS, "--sparse", "-b2048",
+                                    "--transform", r"s,^\.,root,S", "-C", str(src), "-f", "-", "."],
+                                   stdout=subprocess.PIPE, stderr=terr)
+            _big_pipe(tar.stdout)
+            _big_pipe(zstd.stdin)
+            scanner = TarScanner(sink=zstd.stdin.write)
+            scanner.feed(member(INFO, json.dumps(info, indent=1).encode()))
+            scanner.feed(member(CONF, conf_bytes))
+            last, last_pct = t0, 5
+            while chunk := tar.stdout.read1(CHUNK):
+                scanner.feed(chunk)
+                now = time.monotonic()
+                done = scanner.offset
+                pct = min(95, 5 + int(90 * done / estimate)) if estimate else 50
+                if now - t0 >= 0.5 and (now - last >= 1.0 or pct >= last_pct + 5):  # each second or 5 %
+                    last, last_pct = now, pct
+                    of = f" of ~{estimate / 1e6:.0f} MB" if estimate else ""
+                    progress(pct, f"backed up {done / 1e6:.0f} MB{of} ({done / 1e6 / (now - t0):.0f} MB/s)")
+            tar.stdout.close()
+            if tar.wait() != 0:
+                raise CommandFailed(f"tar failed while backing up VE {conf.ctid}: {_tail(terr)}")
+            if not scanner.ended:
+                raise CommandFailed(f"tar's output for VE {conf.ctid} ended without an end-of-archive block")
+            scanner.flush()
+            manifest = {
+                "format": FORMAT, "version": VERSION, "ctid": conf.ctid, "hostname": conf.hostname,
+                "ostemplate": conf.ostemplate, "created": info["created"], "ve_state": info["ve_state"],
+                "idmap_base": info["idmap_base"], "files": scanner.members, "bytes": scanner.data_bytes,
+                "tar_bytes": scanner.offset, "sha256": scanner.sha.hexdigest(),
+                "conf_sha256": hashlib.sha256(conf_bytes).hexdigest(),
+            }
+            zstd.stdin.write(member(MANIFEST, json.dumps(manifest, indent=1).encode()) + ZERO_BLOCK * 2)
+            zstd.stdin.close()
+            if zstd.wait() != 0:
+                raise CommandFailed(f"zstd failed while writing {partial}: {_tail(zerr)}")
+        except BrokenPipeError:
+            raise CommandFailed(f"zstd failed while writing {partial}: {_tail(zerr)}") from None
+        finally:
+            if tar is not None:
+                _reap(tar)
+            _reap(zstd)
+        out_f.flush()
+        os.fsync(out_f.fileno())
+    return manifest
+
+
+def _big_pipe(f) -> None:
+    """Grow a pipe to 1 MiB: fewer, larger reads and writes between the tools and us."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    for f in (proc.stdin, proc.stdout):
+        if f:
+            with contextlib.suppress(OSError):
+                f.close()
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _tail(f) -> str:
+    f.seek(0)
+    lines = f.read().decode(errors="replace").strip().splitlines()
+    return " ".join(lines[-3:])[-300:] if lines else "no error output"
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+def _open_file(path: Path) -> tuple[Path, int]:
+    path = Path(path).absolute()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise NotFound(f"backup file {path} does not exist") from None
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a file")
+    return path, st.st_size
+
+
+def read_info(path: str | os.PathLike) -> dict:
+    """The info block at the start of a backup; refuses a file that is not one of ours at once."""
+    _need("zstd", "zstd")
+    path, _ = _open_file(Path(path))
+    scanner = TarScanner()
+    with open(path, "rb") as f, subprocess.Popen(["zstd", "-q", "-dc"], stdin=f, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.DEVNULL) as zstd:
+        try:
+            while not scanner.ended and INFO not in scanner.captured and scanner.offset < (1 << 20):
+                chunk = zstd.stdout.read(64 << 10)
+                if not chunk:
+                    break
+                scanner.feed(chunk)
+        except BadArchive:
+            pass
+        finally:
+            zstd.kill()
+    return _check_info(path, scanner)
+
+
+def _check_info(path: Path, scanner: TarScanner) -> dict:
+    if scanner.first != INFO or INFO not in scanner.captured:
+        raise BadArchive(f"{path} is not a vzpanel backup (no {INFO} at its start)")
+    try:
+        info = json.loads(scanner.captured[INFO])
+    except ValueError:
+        raise BadArchive(f"{path}: its {INFO} is damaged") from None
+    if info.get("format") != FORMAT:
+        raise BadArchive(f"{path} is not a vzpanel backup")
+    if info.get("version") != VERSION:
+        raise BadArchive(f"{path} is a vzpanel backup of format version {info.get('version')}; "
+                         f"this vzctl reads version {VERSION}")
+    return info
+
+
+def scan(path: str | os.PathLike, sink: Callable[[bytes | memoryview], object] | None = None,
+         progress: Progress = _quiet, what: str = "verified") -> tuple[dict, dict, bytes]:
+    """Read a whole archive, passing its tar stream to ``sink``; check it; return (info, manifest, conf)."""
+    _need("zstd", "zstd")
+    path, total = _open_file(Path(path))
+    scanner = TarScanner(sink=sink)
+    t0 = last = time.monotonic()
+    last_pct = 0
+    with open(path, "rb") as f, tempfile.TemporaryFile() as errf:
+        zstd = subprocess.Popen(["zstd", "-q", "-dc"], stdin=f, stdout=subprocess.PIPE, stderr=errf)
+        _big_pipe(zstd.stdout)
+        try:
+            while chunk := zstd.stdout.read1(CHUNK):
+                scanner.feed(chunk)
+                if scanner.first is not None and scanner.first != INFO:
+                    raise BadArchive(f"{path} is not a vzpanel backup (no {INFO} at its start)")
+                now = time.monotonic()
+                pos = os.lseek(f.fileno(), 0, os.SEEK_CUR)  # shared with zstd, which reads the file
+                pct = min(95, int(95 * pos / max(total, 1)))
+                if now - t0 >= 0.5 and (now - last >= 1.0 or pct >= last_pct + 5):
+                    last, last_pct = now, pct
+                    progress(pct, f"{what} {scanner.offset / 1e6:.0f} MB "
+                                  f"({scanner.offset / 1e6 / (now - t0):.0f} MB/s)")
+                if scanner.ended:
+                    break
+            zstd.stdout.close()
+            rc = zstd.wait()
+        finally:
+            _reap(zstd)
+        zerr = _tail(errf)
+    if rc != 0 and not scanner.ended:
+        low = zerr.lower()
+        if "unknown header" in low or "unsupported format" in low or "not in zstd format" in low:
+            raise BadArchive(f"{path} is not a vzpanel backup (not zstd-compressed)")
+        if scanner.offset == 0:
+            raise BadArchive(f"{path} is not a vzpanel backup ({zerr})")
+        if "premature" in low or "truncated" in low or "end of file" in low:
+            raise BadArchive(f"{path} is truncated: it ends after {scanner.offset / 1e6:.1f} MB ({zerr})")
+        raise BadArchive(f"{path} is damaged: {zerr}")
+    info = _check_info(path, scanner)
+    if MANIFEST not in scanner.captured or not scanner.ended:
+        raise BadArchive(f"{path} is truncated: it ends after {scanner.offset / 1e6:.1f} MB, "
+                         "before its manifest")
+    if scanner.names[-1] != MANIFEST:
+        raise BadArchive(f"{path} is damaged: data follows its manifest")
+    try:
+        manifest = json.loads(scanner.captured[MANIFEST])
+    except ValueError:
+        raise BadArchive(f"{path} is damaged: its manifest is not valid JSON") from None
+    conf = scanner.captured.get(CONF)
+    if conf is None:
+        raise BadArchive(f"{path} is damaged: it holds no VE config")
+    if manifest.get("sha256") != scanner.hash_before[MANIFEST]:
+        raise BadArchive(f"{path} is corrupted: its data does not match the checksum in its manifest")
+    checks = {
+        "conf_sha256": hashlib.sha256(conf).hexdigest(),
+        "files": scanner.members,
+        "bytes": scanner.data_bytes,
+        "tar_bytes": scanner.offset_before[MANIFEST],
+        "ctid": info.get("ctid"),
+    }
+    for key, value in checks.items():
+        if manifest.get(key) != value:
+            raise BadArchive(f"{path} is corrupted: its manifest says {key}={manifest.get(key)!r}, "
+                             f"the archive holds {value!r}")
+    if rc != 0:
+        raise BadArchive(f"{path} is damaged: {zerr}")
+    return info, manifest, conf
+
+
+def verify(path: str | os.PathLike, progress: Progress = _quiet) -> dict:
+    """Check a backup archive end to end; return its manifest."""
+    _, manifest, _ = scan(path, progress=progress)
+    progress(100, f"{path}: OK, VE {manifest['ctid']}, {manifest['files']} files, "
+                  f"{manifest['bytes'] / 1e6:.0f} MB, sha256 {manifest['sha256'][:16]}...")
+    return manifest
+
+
+# --- restoring ---------------------------------------------------------------------------------
+
+def restore(eng: Engine, path: str | os.PathLike, ctid=None, force: bool = False,
+            progress: Progress = _quiet) -> VEInfo:
+    """Restore a backup as VE ``ctid`` (default: the id it was taken from).
+
+    An existing VE is replaced only with ``force``; it is stopped first and started again after
+    when it was running. Under another id than the original, the VE's addresses and port forwards
+    are not restored (the original may still use them): an existing target keeps its own.
+    """
+    from . import snapshots
+
+    info = read_info(path)
+    target = validate.ctid(ctid if ctid is not None else info.get("ctid"))
+    base = eng._base_uid()
+    if info.get("idmap_base") != base:
+        raise Unsupported(f"the backup's files are owned from uid {info.get('idmap_base')} on; this root maps "
+                          f"VEs from uid {base}: restore it on a root with IDMAP_BASE={info.get('idmap_base')}")
+    if eng.exists(target) and not force:
+        raise AlreadyExists(f"VE {target} exists: restoring over it replaces its files and config; "
+                            "add --force to do that")
+    _need("tar", "tar")
+    with eng._lock(target, "restore"), Rollback() as rb:
+        existing = eng.exists(target)
+        if existing and not force:
+            raise AlreadyExists(f"VE {target} exists: add --force to replace it")
+        private = eng.layout.private(target)
+        if not existing and (private.exists() or os.path.lexists(private)):
+            raise AlreadyExists(f"VE {target} has no config but its root {private} exists: remove it or "
+                                "pick another id")
+        # Extract into <pool>/private/.<id>.restore/root, a fresh volume of its own, then move it in.
+        stage = eng.layout.pool / "private" / f".{target}.restore"
+        if stage.exists():
+            eng.storage.delete(stage / "root")
+            shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(mode=0o700)
+        rb.add("remove the staging directory", lambda: shutil.rmtree(stage, ignore_errors=True))
+        new = stage / "root"
+        eng.storage.create(new)
+        rb.add("remove the partly restored root", lambda: eng.storage.delete(new))
+        progress(2, f"restoring {Path(path).name} as VE {target}")
+        _, manifest, conf_bytes = _extract(path, stage, progress)
+        conf = _restored_conf(eng, target, conf_bytes, info)
+        if existing:
+            old_conf = eng.config(target)
+            if target != info["ctid"]:  # another VE's backup: this VE keeps its own addresses
+                conf.values.update({k: v for k, v in old_conf.values.items() if snapshots.is_unique_key(k)})
+            was_running = eng.is_running(target)
+            if was_running:
+                progress(80, f"stopping VE {target} to replace it")
+                eng._stop(old_conf, None, False, lambda p, m: progress(80 + p // 20, m))
+                rb.add("start the old VE again", lambda: eng._start(old_conf, _quiet))
+            old = snapshots.swap_root(eng, target, new, rb)
+            old_text = old_conf.path.read_text()
+            rb.add("put the old config back", lambda: (old_conf.path.write_text(old_text),
+                                                       eng._write_lxc_config(old_conf)))
+            conf.save()
+            eng._write_lxc_config(conf)
+            eng._fail_point("restore:after-swap")
+            if was_running:
+                progress(90, f"starting VE {target} again")
+                eng._start(conf, lambda p, m: progress(90 + p // 20, m))
+            rb.commit()
+            eng.storage.delete(old)
+            if checkpoint.discard(eng, target):
+                progress(95, f"discarded VE {target}'s suspended state: it belonged to the replaced files")
+        else:
+            os.rename(new, private)
+            rb.add("take the restored root out again", lambda: os.rename(private, new))
+            conf.save()
+            rb.add("remove the config", lambda: conf.path.unlink(missing_ok=True))
+            eng._write_lxc_config(conf)
+            rb.add("remove the LXC config", lambda: eng.lxc.remove_config(target))
+            eng._fail_point("restore:after-config")
+            rb.commit()
+        shutil.rmtree(stage, ignore_errors=True)
+    progress(100, f"VE {target} restored from {Path(path).name} ({manifest['files']} files, "
+                  f"taken {manifest['created']})")
+    return eng._info(conf)
+
+
+def _extract(path, stage: Path, progress: Progress) -> tuple[dict, dict, bytes]:
+    with tempfile.TemporaryFile() as terr:
+        tar = subprocess.Popen(["tar", "-x", *TAR_OPTIONS, "--same-permissions", "--same-owner",
+                                "-C", str(stage), "-f", "-", "root"],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=terr)
+        _big_pipe(tar.stdin)
+        try:
+            try:
+                result = scan(path, sink=tar.stdin.write, progress=lambda p, m: progress(5 + p * 7 // 10, m),
+                              what="restored")
+                tar.stdin.write(ZERO_BLOCK * 2)
+                tar.stdin.close()
+            except BrokenPipeError:
+                tar.wait()
+                raise CommandFailed(f"tar failed while restoring: {_tail(terr)}") from None
+            if tar.wait() != 0:
+                raise CommandFailed(f"tar failed while restoring: {_tail(terr)}")
+        finally:
+            _reap(tar)
+    return result
+
+
+def _restored_conf(eng: Engine, target: int, conf_bytes: bytes, info: dict) -> VEConfig:
+    from . import snapshots
+
+    with tempfile.NamedTemporaryFile("wb", suffix=".conf") as tmp:
+        tmp.write(conf_bytes)
+        tmp.flush()
+        values = read_kv(Path(tmp.name))
+    if target != info.get("ctid"):
+        values = {k: v for k, v in values.items() if not snapshots.is_unique_key(k)}
+    conf = VEConfig(ctid=target, path=eng.layout.conf(target), values=values)
+    if not conf.ostemplate:
+        raise BadArchive("the backup's VE config names no OS template")
+    return conf
+
+
+def list_backups(eng: Engine, directory: str | os.PathLike | None = None, ctid: int | None = None) -> list[dict]:
+    """Backups in a directory (by file name; ``verify`` checks one), newest first."""
+    d = backup_dir(eng, directory)
+    out = []
+    pattern = f"ve-{ctid}-*{SUFFIX}" if ctid else f"ve-*{SUFFIX}"
+    for p in d.glob(pattern) if d.is_dir() else []:
+        st = p.stat()
+        out.append({"path": str(p), "size": st.st_size, "mtime": st.st_mtime})
+    return sorted(out, key=lambda b: -b["mtime"])

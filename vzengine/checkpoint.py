@@ -1,0 +1,487 @@
+"""Suspend a VE to disk with CRIU and resume it, processes and all (``vzctl suspend/resume``).
+
+``lxc-checkpoint -s`` freezes the VE's processes, writes their memory, open files, sockets
+(TCP connections included) and namespaces to an image directory and stops the VE;
+``lxc-checkpoint -r`` brings them back with the same PIDs. What a checkpoint needs from a
+VE (DESIGN.md): no AppArmor keys and no ttys or host console in its LXC config (the engine
+writes none), an image directory its mapped root can read, and no process whose session
+leader lives outside the VE (``vzctl exec`` without ``setsid``, an open console). systemd
+VEs cannot be restored (CRIU fails on the tmpfs mounts systemd makes), so they are refused
+before anything is tried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import cgroups, criu
+from .errors import CommandFailed, StateError, Unsupported, VZError
+from .run import run
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .veconf import VEConfig
+
+Progress = Callable[[int, str], None]
+MARKER = "vz-suspend.json"
+DUMP_ATTEMPTS = 3
+# VEs being resumed right now, (root, ctid): their features' after_start must keep the images.
+_resuming: set[tuple[str, int]] = set()
+# CRIU log lines that say "Error" but are harmless here (unprivileged VE limits, cgroupd teardown).
+_NOISE = ("RLIMIT_NOFILE", "cgroupd: recv req error")
+
+
+def _quiet(_pct: int, _msg: str) -> None:
+    pass
+
+
+def image_dir(eng: Engine, ctid: int) -> Path:
+    return eng.layout.root / "dump" / str(ctid)
+
+
+def is_suspended(eng: Engine, ctid: int) -> bool:
+    """True when the VE has a complete checkpoint on disk (and so must be resumed, not booted)."""
+    return (image_dir(eng, ctid) / MARKER).is_file()
+
+
+def suspend_info(eng: Engine, ctid: int) -> dict | None:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((image_dir(eng, ctid) / MARKER).read_text())
+    return None
+
+
+def discard(eng: Engine, ctid: int) -> bool:
+    """Remove the VE's checkpoint images; return whether it was suspended."""
+    d = image_dir(eng, ctid)
+    was = is_suspended(eng, ctid)
+    if d.exists():
+        shutil.rmtree(d, ignore_errors=True)
+    return was
+
+
+def checkpoint_problem(eng: Engine, conf: VEConfig) -> str | None:
+    """Why this VE cannot be checkpointed, in one line, or None when it can (CRIU aside)."""
+    spec = eng._spec(conf)
+    if not spec.checkpointable:
+        return (f"VE {conf.ctid} runs {spec.init} (template {conf.ostemplate}), and CRIU cannot restore "
+                "the tmpfs mounts systemd makes (/run/credentials/...); only sysvinit and BusyBox VEs "
+                "can be suspended: stop and start it instead")
+    for feature in eng.features:  # a feature may know of host objects CRIU cannot carry
+        check = getattr(feature, "checkpoint_problem", None)
+        reason = check(conf) if check else None
+        if reason:
+            return f"VE {conf.ctid} cannot be suspended: {reason}"
+    return None
+
+
+def _ve_pids(eng: Engine, ctid: int) -> list[int]:
+    rel = eng.layout.cgroup_dir(ctid)
+    top = cgroups.path("pids", rel) or cgroups.path("memory", rel)
+    pids: set[int] = set()
+    if top is None or not top.is_dir():
+        return []
+    for dirpath, _dirs, files in os.walk(top):
+        if "cgroup.procs" in files:
+            with contextlib.suppress(OSError):
+                pids |= {int(p) for p in Path(dirpath, "cgroup.procs").read_text().split()}
+    return sorted(pids)
+
+
+def _outside_sessions(eng: Engine, ctid: int) -> list[str]:
+    """Processes of the VE whose session leader is outside it (NSsid 0 inside the VE)."""
+    found = []
+    for pid in _ve_pids(eng, ctid):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^NSsid:\s*(.*)$", status, re.M)
+        if m and m.group(1).split()[-1] == "0":
+            name = re.search(r"^Name:\s*(.*)$", status, re.M)
+            found.append(f"{pid} ({name.group(1) if name else '?'})")
+    return found
+
+
+def _ns_ip(pid: int, args: list[str], check: bool = True):
+    return run(["nsenter", "-t", str(pid), "-n", "ip", *args], check=check, what=f"ip {' '.join(args[:2])} in the VE")
+
+
+@dataclass
+class _Parked:
+    name: str  # the link's name inside the VE
+    park: str  # its name on the host while the VE is being dumped
+    addrs: list[str] = field(default_factory=list)  # "address/prefix"
+    routes: list[list[str]] = field(default_factory=list)  # `ip route add` arguments
+
+
+@dataclass
+class _Detached:
+    """What ``_detach_links`` changed, so it can be undone (dump failed) or finished (dump done)."""
+
+    parked: list[_Parked] = field(default_factory=list)
+    stand_ins: list[str] = field(default_factory=list)  # addresses put on lo
+    lo_routes: list[str] = field(default_factory=list)  # "-4" / "-6": default routes put on lo
+
+
+def _b36(n: int) -> str:
+    digits = ""
+    while n:
+        n, r = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+    return digits or "0"
+
+
+def _routes(pid: int, name: str) -> list[list[str]]:
+    out = []
+    for family in ("-4", "-6"):
+        for r in json.loads(_ns_ip(pid, [family, "-j", "route", "show", "dev", name]).stdout or "[]"):
+            if r.get("protocol") == "kernel" or r.get("type", "unicast") != "unicast":
+                continue  # made by the kernel with the address or the link
+            args = [family, r["dst"]]
+            if r.get("gateway"):
+                args += ["via", r["gateway"]]
+            if "onlink" in r.get("flags", []):
+                args.append("onlink")
+            if r.get("metric"):
+                args += ["metric", str(r["metric"])]
+            out.append(args)
+    return out
+
+
+def _detach_links(eng: Engine, ctid: int, st: _Detached) -> None:
+    """Take the VE's veth links out of it for the dump, keeping their addresses on lo.
+
+    CRIU cannot restore a veth whose peer lives on the host, and it cannot restore a TCP
+    socket whose address or route is gone. So each veth is parked in the host's namespace
+    (its addresses and routes noted, to put it back as it was if the dump fails) while its
+    addresses stay on lo and a default route points at lo. After a restore the network
+    feature makes the links anew (``after_start``) and the stand-ins are taken away.
+    """
+    pid = eng.lxc.init_pid(ctid)
+    if pid is None:
+        return
+    links = json.loads(_ns_ip(pid, ["-j", "-d", "link", "show"]).stdout or "[]")
+    veths = [ln["ifname"] for ln in links if ln.get("linkinfo", {}).get("info_kind") == "veth"]
+    if not veths:
+        return
+    addrs = {ln.get("ifname"): ln.get("addr_info", []) for ln in json.loads(
+        _ns_ip(pid, ["-j", "addr", "show"]).stdout or "[]")}
+    for i, name in enumerate(veths[:10]):
+        parked = _Parked(name=name, park=f"vz{eng.layout.tag}{'klmnopqrst'[i]}{_b36(ctid)}",
+                         routes=_routes(pid, name))
+        for a in addrs.get(name, []):
+            if a.get("scope") == "global" and a.get("family") in ("inet", "inet6"):
+                parked.addrs.append(f"{a['local']}/{a['prefixlen']}")
+                stand_in = f"{a['local']}/{32 if a['family'] == 'inet' else 128}"
+                _ns_ip(pid, ["addr", "add", stand_in, "dev", "lo"])
+                st.stand_ins.append(stand_in)
+        _ns_ip(pid, ["link", "set", name, "down"])
+        _ns_ip(pid, ["link", "set", name, "name", parked.park])
+        st.parked.append(parked)
+        _ns_ip(pid, ["link", "set", parked.park, "netns", str(os.getpid())])
+    for family in sorted({"-6" if ":" in a else "-4" for a in st.stand_ins}):
+        _ns_ip(pid, [family, "route", "add", "default", "dev", "lo"])
+        st.lo_routes.append(family)
+
+
+def _reattach_links(eng: Engine, ctid: int, st: _Detached) -> None:
+    """Undo ``_detach_links`` on a VE that keeps running (the dump failed)."""
+    pid = eng.lxc.init_pid(ctid)
+    if pid is None:
+        return
+    for family in st.lo_routes:
+        _ns_ip(pid, [family, "route", "del", "default", "dev", "lo"], check=False)
+    for parked in reversed(st.parked):
+        if Path("/sys/class/net", parked.park).exists():  # on the host: bring it home
+            run(["ip", "link", "set", parked.park, "netns", str(pid)], what="move the VE's link back")
+        _ns_ip(pid, ["link", "set", parked.park, "name", parked.name], check=False)
+        _ns_ip(pid, ["link", "set", parked.name, "up"])
+        for addr in parked.addrs:
+            _ns_ip(pid, ["addr", "add", addr, "dev", parked.name, *(["nodad"] if ":" in addr else [])],
+                   check=False)
+        for route in parked.routes:
+            _ns_ip(pid, [route[0], "route", "add", *route[1:], "dev", parked.name], check=False)
+    _drop_stand_ins(eng, ctid, st.stand_ins, routes=False)
+
+
+def _drop_parked(st: _Detached) -> None:
+    for parked in st.parked:
+        run(["ip", "link", "del", parked.park], check=False)
+
+
+def _drop_stand_ins(eng: Engine, ctid: int, addrs: list[str], routes: bool = True,
+                    addresses: bool = True) -> None:
+    """Remove the lo stand-ins: the routes before the network feature adds the real ones, the
+    addresses after (TCP sockets bound to them keep working once the real link has them)."""
+    pid = eng.lxc.init_pid(ctid)
+    if pid is None:
+        return
+    if routes:
+        for family in sorted({"-6" if ":" in a else "-4" for a in addrs}):
+            _ns_ip(pid, [family, "route", "del", "default", "dev", "lo"], check=False)
+    if addresses:
+        for addr in addrs:
+            _ns_ip(pid, ["addr", "del", addr, "dev", "lo"], check=False)
+
+
+def _mountinfo(path: str) -> list[tuple[str, str, str]]:
+    """(root within its file system, mount point, fs type) of every mount in a mountinfo file."""
+    out = []
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        pre, _, post = line.partition(" - ")
+        fields = pre.split()
+        if len(fields) >= 5 and post:
+            out.append((_unescape(fields[3]), _unescape(fields[4]), post.split()[0]))
+    return out
+
+
+def _unescape(value: str) -> str:
+    """Undo mountinfo's octal escapes (a space is \\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), value)
+
+
+def _external_mounts(pid: int) -> list[list[str]]:
+    """The VE's mounts of FUSE file systems served from the host (lxcfs): [mount point, root].
+
+    CRIU cannot dump a FUSE mount: it is told they are external, and binds them anew from the
+    host's mount of the same file system when it restores.
+    """
+    return [[mnt, root] for root, mnt, fstype in _mountinfo(f"/proc/{pid}/mountinfo") if fstype == "fuse.lxcfs"]
+
+
+def _criu_env(eng: Engine, ctid: int, kind: str, lines: list[str]) -> dict | None:
+    """The environment for lxc-checkpoint: CRIU reads extra options from $CRIU_CONFIG_FILE."""
+    if not lines:
+        return None
+    path = eng.layout.rundir / f"{ctid}.criu-{kind}.conf"
+    path.write_text("".join(f"{ln}\n" for ln in lines))
+    return {**os.environ, "CRIU_CONFIG_FILE": str(path)}
+
+
+def _ext_key(mountpoint: str) -> str:
+    return "vz" + re.sub(r"[^A-Za-z0-9]", "_", mountpoint)
+
+
+def _restore_options(external: list[list[str]]) -> list[str]:
+    if not external:
+        return []
+    hosts = [mnt for root, mnt, fstype in _mountinfo("/proc/self/mountinfo") if fstype == "fuse.lxcfs" and root == "/"]
+    if not hosts:
+        raise StateError("the VE was suspended with lxcfs files in its /proc, and lxcfs is not running now: "
+                         "start lxcfs (or start any VE, which starts it) and resume again")
+    return [f"external mnt[{_ext_key(mnt)}]:{hosts[0].rstrip('/')}{root}" for mnt, root in external]
+
+
+def _criu_error(log: Path) -> str:
+    """The first meaningful error line of a CRIU log, without its timestamp and source position."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        if "Error (" in line and not any(n in line for n in _NOISE):
+            return re.sub(r"^\s*(\(\s*[\d.]+\)\s*)?(\d+:\s*)?Error\s*\([^)]*\):\s*", "", line).strip()
+    return ""
+
+
+def _unseizable(log: Path) -> bool:
+    """Whether CRIU gave up because it could not freeze (seize) a process."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return False
+    return "Timeout reached. Try to interrupt" in text or "Unseizable" in text
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1][-300:] if lines else "unknown error"
+
+
+def _keep_log(eng: Engine, ctid: int, src: Path, kind: str) -> Path:
+    dst = eng.layout.logdir / f"{ctid}.criu-{kind}.log"
+    with contextlib.suppress(OSError):
+        shutil.copyfile(src, dst)
+    return dst
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for p in path.iterdir():
+        with contextlib.suppress(OSError):
+            total += p.lstat().st_size
+    return total
+
+
+def suspend(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
+    """Checkpoint a running VE to disk and stop it; return what was written (seconds, bytes)."""
+    conf = eng.config(ctid)
+    ctid = conf.ctid
+    problem = checkpoint_problem(eng, conf)
+    if problem:
+        raise Unsupported(problem)
+    criu.require()
+    with eng._lock(ctid, "suspend"):
+        if is_suspended(eng, ctid):
+            raise StateError(f"VE {ctid} is already suspended")
+        if not eng.is_running(ctid):
+            raise StateError(f"VE {ctid} is not running")
+        outside = _outside_sessions(eng, ctid)
+        if outside:
+            raise StateError(
+                f"VE {ctid} cannot be suspended while process {', '.join(outside[:3])} belongs to a session "
+                "outside it (a console, or 'vzctl exec' without setsid): end it, or start it with setsid")
+        d = image_dir(eng, ctid)
+        shutil.rmtree(d, ignore_errors=True)  # a partial dump of an earlier, failed try
+        d.parent.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(d.parent, 0o711)
+        # CRIU reopens images from inside the VE's user namespace while it restores, sometimes
+        # before the namespace's id map is written (host uid/gid 0 then, without privileges), so
+        # the directory is the VE root's, with read access for group root and nobody else: the
+        # images hold the VE's memory.
+        d.mkdir(mode=0o750)
+        os.chown(d, eng._base_uid(), 0)
+        os.chmod(d, 0o750)
+        progress(10, f"checkpointing VE {ctid} with CRIU {criu.version_string()}")
+        t0 = time.monotonic()
+        pid = eng.lxc.init_pid(ctid)
+        external = _external_mounts(pid) if pid else []
+        env = _criu_env(eng, ctid, "dump", [f"external mnt[{mnt}]:{_ext_key(mnt)}" for mnt, _ in external])
+        for attempt in range(1, DUMP_ATTEMPTS + 1):
+            detached = _Detached()
+            try:
+                _detach_links(eng, ctid, detached)
+            except BaseException:
+                shutil.rmtree(d, ignore_errors=True)
+                _reattach_links(eng, ctid, detached)
+                raise
+            proc = run(["lxc-checkpoint", "-P", str(eng.layout.lxcpath), "-n", str(ctid), "-s", "-D", str(d)],
+                       check=False, timeout=900, env=env, what=f"checkpoint VE {ctid}")
+            log = _keep_log(eng, ctid, d / "dump.log", "dump")
+            if proc.returncode == 0:
+                break
+            why = _criu_error(d / "dump.log") or _last_line(proc.stderr)
+            unseizable = _unseizable(d / "dump.log")
+            for p in d.iterdir():  # keep the (empty, owned) directory for another try
+                p.unlink()
+            if eng.is_running(ctid):  # CRIU let the processes go on: give them their network back
+                _reattach_links(eng, ctid, detached)
+                if unseizable and attempt < DUMP_ATTEMPTS:
+                    # A process in uninterruptible sleep (I/O under load) cannot be frozen; that passes.
+                    progress(10 + attempt * 10, f"CRIU could not freeze every process ({why}); trying again")
+                    time.sleep(attempt)
+                    continue
+                state = "it keeps running"
+            else:
+                _drop_parked(detached)
+                eng._after_stop(conf)
+                state = "it is stopped now"
+            shutil.rmtree(d, ignore_errors=True)
+            if unseizable:
+                why = f"a process stayed in uninterruptible sleep, so it could not be frozen ({why})"
+            raise CommandFailed(f"CRIU could not checkpoint VE {ctid} ({state}): {why} (see {log})")
+        seconds = time.monotonic() - t0
+        size = _du(d)
+        info = {"suspended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ostemplate": conf.ostemplate,
+                "criu": criu.version_string(), "bytes": size, "dump_seconds": round(seconds, 3),
+                "lo_addresses": detached.stand_ins, "external_mounts": external}
+        tmp = d / f".{MARKER}.tmp"
+        tmp.write_text(json.dumps(info, indent=1))
+        os.replace(tmp, d / MARKER)
+        _drop_parked(detached)
+        eng._after_stop(conf)
+    progress(100, f"VE {ctid} suspended ({size / 1e6:.1f} MB of images in {seconds:.2f} s)")
+    return info
+
+
+def resume(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
+    """Restore a suspended VE's processes from its images and remove the images."""
+    conf = eng.config(ctid)
+    ctid = conf.ctid
+    with eng._lock(ctid, "resume"):
+        if not is_suspended(eng, ctid):
+            raise StateError(f"VE {ctid} is not suspended")
+        if eng.is_running(ctid):
+            raise StateError(f"VE {ctid} is running, so its suspended state is stale: it cannot be resumed")
+        criu.require()
+        d = image_dir(eng, ctid)
+        key = (str(eng.layout.root), ctid)
+        progress(10, f"restoring VE {ctid} with CRIU {criu.version_string()}")
+        t0 = time.monotonic()
+        saved = suspend_info(eng, ctid) or {}
+        for attempt in (1, 2):
+            cgroups.remove_tree(eng.layout.cgroup_dir(ctid))
+            eng._write_lxc_config(conf)  # (features prepare what the VE needs: lxcfs, say)
+            env = _criu_env(eng, ctid, "restore", _restore_options(saved.get("external_mounts", [])))
+            rc, out = _restore(eng, ctid, d, env)
+            if rc == 0 and eng.is_running(ctid):
+                break
+            # A failed restore leaves nothing running; one retry covers rare transient failures.
+            log = _keep_log(eng, ctid, d / "restore.log", "restore")
+            if eng.is_running(ctid):
+                with contextlib.suppress(VZError):
+                    eng.lxc.stop(ctid, timeout=0, kill=True)
+            cgroups.remove_tree(eng.layout.cgroup_dir(ctid))
+            if attempt == 2:
+                why = _criu_error(d / "restore.log") or _last_line(out)
+                raise CommandFailed(f"CRIU could not restore VE {ctid}; it stays suspended: {why} (see {log})")
+            progress(30, f"restore failed ({_criu_error(d / 'restore.log')}); trying once more")
+        seconds = time.monotonic() - t0
+        _keep_log(eng, ctid, d / "restore.log", "restore")
+        moved = saved.get("lo_addresses", [])
+        _resuming.add(key)
+        try:
+            _drop_stand_ins(eng, ctid, moved, addresses=False)
+            for feature in eng.features:
+                feature.after_start(conf)
+            _drop_stand_ins(eng, ctid, moved, routes=False)
+        except BaseException:
+            with contextlib.suppress(VZError):
+                eng.lxc.stop(ctid, timeout=0, kill=True)
+            eng._after_stop(conf)
+            raise
+        finally:
+            _resuming.discard(key)
+        discard(eng, ctid)
+    progress(100, f"VE {ctid} resumed in {seconds:.2f} s")
+    return {"restore_seconds": round(seconds, 3)}
+
+
+def _restore(eng: Engine, ctid: int, d: Path, env: dict | None) -> tuple[int, str]:
+    """Run ``lxc-checkpoint -r``; return (exit status, its output).
+
+    Its output goes to a file, not a pipe: the VE's monitor process that it leaves behind
+    inherits the descriptors, and a pipe would never reach end-of-file.
+    """
+    out_path = eng.layout.logdir / f"{ctid}.lxc-restore.out"
+    cmd = ["lxc-checkpoint", "-P", str(eng.layout.lxcpath), "-n", str(ctid), "-r", "-d", "-D", str(d)]
+    with open(out_path, "w") as out:
+        try:
+            rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                timeout=900, check=False, env=env).returncode
+        except FileNotFoundError:
+            raise Unsupported("lxc-checkpoint is not installed (Debian package lxc)") from None
+        except subprocess.TimeoutExpired:
+            rc = -1
+    try:
+        return rc, out_path.read_text(errors="replace")
+    finally:
+        out_path.unlink(missing_ok=True)
+
+
+def is_resuming(eng: Engine, ctid: int) -> bool:
+    return (str(eng.layout.root), ctid) in _resuming
