@@ -27,6 +27,8 @@ import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
+from common import free_port, percentile, wait_for
+
 REPO = Path(__file__).resolve().parents[1]
 N_VES = 1000
 SAMPLES = 100
@@ -34,26 +36,6 @@ API_SECONDS = 5.0
 API_THREADS = 4
 START_RUNS = 3
 PASSWORD = "bench-Password-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-def percentile(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 class Bench:

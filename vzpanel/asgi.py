@@ -13,11 +13,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from vzpanel.tasks.routing import websocket_urlpatterns  # noqa: E402
+from vzpanel.console.routing import websocket_urlpatterns as console_urls  # noqa: E402
+from vzpanel.core.websocket import SameOriginMiddleware  # noqa: E402
+from vzpanel.tasks.routing import websocket_urlpatterns as task_urls  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": ASGIStaticFilesHandler(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Same origin first: a page elsewhere must not ride on the user's session cookie.
+        "websocket": SameOriginMiddleware(
+            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(task_urls + console_urls)))
+        ),
     }
 )

@@ -5,6 +5,8 @@ DATABASE_URL    postgres://user:pass@host/db or sqlite:////path (default: SQLite
 REDIS_URL       Redis for RQ and the Channels layer (default: the private one `serve` starts)
 VZPANEL_NODE    name of this node and its queue `node:<name>` (default "local")
 VZ_ROOT         passed through to the engine (the node agent only)
+VZPANEL_CONSOLE_LINGER        seconds a console session survives with nobody watching (default 600)
+VZPANEL_CONSOLE_IDLE_TIMEOUT  seconds without input after which a console session ends (default 3600)
 """
 
 import os
@@ -38,6 +40,10 @@ REDIS_URL = os.environ.get("REDIS_URL", f"unix://{STATE_DIR / 'run' / 'redis.soc
 VZ_ROOT = os.environ.get("VZ_ROOT", "")
 VZPANEL_WEB_USER = os.environ.get("VZPANEL_WEB_USER", "vzpanel")
 RECONCILE_INTERVAL = int(os.environ.get("VZPANEL_RECONCILE_INTERVAL", "30"))
+# Web console (vzpanel.console): sessions live in the node agent's console daemon.
+CONSOLE_LINGER = float(os.environ.get("VZPANEL_CONSOLE_LINGER", "600"))
+CONSOLE_IDLE_TIMEOUT = float(os.environ.get("VZPANEL_CONSOLE_IDLE_TIMEOUT", "3600"))
+CONSOLE_SCROLLBACK = 256 * 1024
 # Failed logins (per address, per user name) allowed within LOGIN_WINDOW seconds.
 LOGIN_FAILURES_PER_IP = 10
 LOGIN_FAILURES_PER_USER = 5
@@ -64,6 +70,8 @@ INSTALLED_APPS = [
     "vzpanel.tasks",
     "vzpanel.audit",
     "vzpanel.api",
+    "vzpanel.console",
+    "vzpanel.classroom",
 ]
 
 MIDDLEWARE = [
@@ -119,10 +127,16 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"
 def channel_layers(redis_url: str) -> dict:
     # redis-py 8 reads with a 5 s socket timeout by default, the same 5 s that channels-redis blocks in
     # BZPOPMIN: the read then times out and the websocket drops. Give reads room.
+    # Capacity counts messages waiting per channel, and all the websockets of one web process share one
+    # ("specific.<process>!"): console output to many terminals, and their keys to the console daemon, need
+    # more room than the default 100.
     return {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": 30}]},
+            "BACKEND": "vzpanel.lib.channels.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": redis_url, "socket_timeout": 30}],
+                "channel_capacity": {"console.*": 5000, "specific.*": 5000},
+            },
         }
     }
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("plans/", include("vzpanel.plans.urls")),
     path("ves/", include("vzpanel.ves.urls")),
     path("tasks/", include("vzpanel.tasks.urls")),
+    path("classes/", include("vzpanel.classroom.urls")),
     path("audit/", include("vzpanel.audit.urls")),
     path("api/", include("vzpanel.api.urls")),
     path("django-admin/", admin.site.urls),

@@ -59,6 +59,17 @@ def test_an_admin_creates_a_plan_and_a_student_of_a_teacher(client_for, admin, t
     assert AuditEntry.objects.filter(action__in=["plan.create", "user.create"], user=admin).count() == 2
 
 
+def test_an_admin_chooses_what_the_console_of_a_plans_ves_opens(client_for, admin):
+    client = client_for(admin)
+    fields = {"name": "exam", "description": "", "ram_mb": 128, "swap_mb": 0, "cpus": 1, "disk_gb": 1, "nproc": 64,
+              "max_ves": 1}
+    assert client.post("/plans/new/", {**fields, "console_mode": "login"}).status_code == 302
+    assert Plan.objects.get(name="exam").console_mode == "login"
+    response = client.post("/plans/new/", {**fields, "name": "bad", "console_mode": "telnet"})
+    assert response.status_code == 400 and "Select a valid choice" in response.content.decode()
+    assert "login prompt" in client.get("/plans/").content.decode()
+
+
 def test_it_explains_bad_plan_and_user_input(client_for, admin, owner, teacher):
     client = client_for(admin)
     response = client.post("/plans/new/", {"name": "", "ram_mb": -1, "cpus": 0, "disk_gb": 1, "nproc": 64,

@@ -10,7 +10,7 @@ from vzpanel.tasks.models import Task
 from vzpanel.ves.models import VE
 
 CTID = 101
-PAGE_GETS = ["/ves/{ctid}/", "/ves/{ctid}/status/"]
+PAGE_GETS = ["/ves/{ctid}/", "/ves/{ctid}/status/", "/ves/{ctid}/console/"]
 PAGE_POSTS = [
     ("/ves/{ctid}/start/", {}),
     ("/ves/{ctid}/stop/", {}),

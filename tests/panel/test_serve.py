@@ -78,8 +78,10 @@ def test_it_serves_the_panel_and_stops_everything(state_dir):
         assert "redis-server" in users
         web = [c for c in children if "daphne" in " ".join(c.cmdline())]
         agent = [c for c in children if "rqworker" in " ".join(c.cmdline())]
+        console = [c for c in children if "consoled" in " ".join(c.cmdline())]
         assert web and web[0].username() == "vzpanel"  # the web process is unprivileged
         assert agent and agent[0].username() == "root"
+        assert console and console[0].username() == "root"  # it attaches to VEs
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=10).read().decode()
         assert "Log in" in page
         css = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/vendor/bootstrap/bootstrap.min.css", timeout=10)
@@ -111,3 +113,31 @@ def test_it_refuses_to_start_when_the_web_user_cannot_run_the_code(state_dir):
     assert proc.returncode != 0
     assert "cannot run" in out and "readable to that user" in out
     assert not (state_dir / "run" / "redis.sock").exists()  # the Redis it had started was stopped
+
+
+def test_it_starts_the_console_daemon_and_stops_it_by_pid(state_dir):
+    """Everything as root (VZPANEL_WEB_USER=root, as on a host where the web user cannot run this Python)."""
+    import asyncio
+
+    from vzpanel.lib.channels import RedisChannelLayer
+
+    proc = serve(state_dir, free_port(), VZPANEL_WEB_USER="root")
+    try:
+        read_until(proc, r"up at http")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        console = [c for c in children if "consoled" in " ".join(c.cmdline())]
+        assert len(console) == 1 and console[0].username() == "root"
+        layer = RedisChannelLayer(hosts=[{"address": f"unix://{state_dir / 'run' / 'redis.sock'}"}])
+
+        async def ping():
+            reply = await layer.new_channel()
+            await layer.send("console.local", {"type": "console.ping", "reply": reply})
+            return await asyncio.wait_for(layer.receive(reply), 10)
+
+        assert asyncio.run(ping())["type"] == "console.pong"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0
+    assert f"stopped console (pid {console[0].pid})" in out
+    assert not console[0].is_running() or console[0].status() == psutil.STATUS_ZOMBIE

@@ -8,8 +8,9 @@ def client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None if request is not None else None
 
 
-def record(action: str, *, user=None, request=None, ve=None, task=None, result="ok", detail="", username=""):
-    """Add one audit entry; user and address come from request when given."""
+def record(action: str, *, user=None, request=None, ve=None, task=None, result="ok", detail="", username="",
+           ip=None):
+    """Add one audit entry; user and address come from request when given (or ip, e.g. a websocket's peer)."""
     if request is not None and user is None and request.user.is_authenticated:
         user = request.user
     return AuditEntry.objects.create(
@@ -18,7 +19,7 @@ def record(action: str, *, user=None, request=None, ve=None, task=None, result="
         username=username or (user.get_username() if user is not None else ""),
         ve=ve,
         ctid=ve.ctid if ve is not None else None,
-        ip=client_ip(request),
+        ip=ip or client_ip(request),
         task=task,
         result=result,
         detail=detail[:500],

@@ -3,7 +3,11 @@ from django.db import models
 
 
 class Plan(models.Model):
-    """Resources one VE gets, and how many VEs a user on this plan may have."""
+    """Resources one VE gets, how many VEs a user on this plan may have, and what its web console opens."""
+
+    class ConsoleMode(models.TextChoices):
+        ROOT = "root", "root shell"
+        LOGIN = "login", "login prompt"
 
     name = models.CharField(max_length=64, unique=True)
     description = models.CharField(max_length=200, blank=True)
@@ -13,6 +17,10 @@ class Plan(models.Model):
     disk_gb = models.PositiveIntegerField("disk (GB)", default=5, validators=[MinValueValidator(1)])
     nproc = models.PositiveIntegerField("process limit", default=512, validators=[MinValueValidator(16)])
     max_ves = models.PositiveIntegerField("VEs allowed", default=1)
+    console_mode = models.CharField(
+        "web console", max_length=8, choices=ConsoleMode.choices, default=ConsoleMode.ROOT,
+        help_text="What the console of a VE opens: a shell already logged in as root, or the VE's login prompt.",
+    )
 
     class Meta:
         ordering = ["name"]

@@ -12,7 +12,14 @@ from .models import Plan
 class PlanForm(forms.ModelForm):
     class Meta:
         model = Plan
-        fields = ["name", "description", "ram_mb", "swap_mb", "cpus", "disk_gb", "nproc", "max_ves"]
+        fields = ["name", "description", "ram_mb", "swap_mb", "cpus", "disk_gb", "nproc", "max_ves", "console_mode"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["console_mode"].required = False  # left out: a root shell, as before the field existed
+
+    def clean_console_mode(self):
+        return self.cleaned_data.get("console_mode") or Plan.ConsoleMode.ROOT
 
 
 @admin_required

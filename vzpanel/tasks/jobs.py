@@ -4,6 +4,7 @@ These run inside the node agent (root); the web process never calls them.
 """
 
 import logging
+import os
 
 from django.utils import timezone
 
@@ -47,6 +48,21 @@ def root_passwd(root_password):
     return [("root", root_password)] if root_password else None
 
 
+def engine_limits(limits: dict) -> dict:
+    """Turn a plan's limits, as stored on the VE, into the engine's resource parameters."""
+    names = {"ram_mb": ("ram", "M"), "swap_mb": ("swap", "M"), "disk_gb": ("diskspace", "G"),
+             "cpus": ("cpus", ""), "nproc": ("numproc", "")}
+    out = {}
+    for key, (param, unit) in names.items():
+        if limits.get(key) not in (None, ""):
+            out[param] = f"{limits[key]}{unit}"
+    if "ram" not in out:
+        out.pop("swap", None)  # swap is on top of a RAM limit
+    if "cpus" in out:  # a plan is the same on every node; a node gives at most what it has
+        out["cpus"] = str(min(int(limits["cpus"]), os.cpu_count() or 1))
+    return out
+
+
 def do_create(task, progress, eng, root_password=None):
     ve, params = task.ve, task.params
     info = eng.create(
@@ -55,6 +71,7 @@ def do_create(task, progress, eng, root_password=None):
         hostname=params.get("hostname") or None,
         userpasswd=root_passwd(root_password),
         progress=progress,
+        **engine_limits(ve.limits or {}),
     )
     save_info(ve, info)
     if params.get("start"):

@@ -60,6 +60,8 @@ class Task(models.Model):
     error_ref = models.CharField(max_length=16, blank=True, db_index=True)
     traceback = models.TextField(blank=True)
     rq_job_id = models.CharField(max_length=64, blank=True)
+    # A bulk operation (a whole class at once) is one parent task with one child task per VE.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

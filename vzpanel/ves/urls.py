@@ -9,6 +9,7 @@ urlpatterns = [
     path("bulk/", views.ve_bulk, name="bulk"),
     path("<int:ctid>/", views.ve_detail, name="detail"),
     path("<int:ctid>/status/", views.ve_status, name="status"),
+    path("<int:ctid>/console/", views.ve_console, name="console"),
     path(
         "<int:ctid>/<str:action>/",
         views.ve_action,

@@ -81,6 +81,20 @@ def ve_detail(request, ctid):
 
 
 @login_required
+def ve_console(request, ctid):
+    """The VE's web console. Its owner types; others (teacher, admin) watch unless they take over."""
+    ve = get_ve_or_404(request.user, ctid)
+    plan = ve.owner.plan if ve.owner is not None else None
+    watch = request.GET.get("watch") == "1" or (ve.owner_id != request.user.pk and request.GET.get("watch") != "0")
+    context = {
+        "ve": ve,
+        "console_role": "watch" if watch else "write",
+        "console_mode": plan.get_console_mode_display() if plan is not None else "root shell",
+    }
+    return render(request, "ves/ve_console.html", context)
+
+
+@login_required
 def ve_status(request, ctid):
     """The live part of the VE page (state, current task, recent tasks), for htmx to swap in."""
     ve = get_ve_or_404(request.user, ctid)

@@ -28,7 +28,8 @@ def free_port(host="127.0.0.1") -> int:
 class Command(BaseCommand):
     help = (
         "Start vzpanel on this host (as root): a private Redis unless REDIS_URL is set, the ASGI server as "
-        "the unprivileged web user, and the node agent (RQ worker) as root. Ctrl-C stops everything."
+        "the unprivileged web user, and the node agent (RQ worker and console daemon) as root. Ctrl-C stops "
+        "everything."
     )
 
     def add_arguments(self, parser):
@@ -55,6 +56,9 @@ class Command(BaseCommand):
             self.start("agent", [sys.executable, str(settings.BASE_DIR / "manage.py"), "rqworker",
                                  f"node:{settings.VZPANEL_NODE}", "--name", f"agent-{settings.VZPANEL_NODE}-{os.getpid()}"],
                        env, as_web_user=False)
+            # The console daemon attaches to VEs, so it runs as root too; the web process only relays to it.
+            self.start("console", [sys.executable, str(settings.BASE_DIR / "manage.py"), "consoled",
+                                   "--node", settings.VZPANEL_NODE], env, as_web_user=False)
             self.wait_for_port(host, port)
             shown = f"[{host}]" if ":" in host else host
             self.say(f"up at http://{shown}:{port}/")
@@ -253,8 +257,8 @@ class Command(BaseCommand):
         self.stopping = True
 
     def stop_all(self):
-        """Stop the children we started, by pid: web first, then the agent, Redis last."""
-        for name in ("web", "agent", "redis"):
+        """Stop the children we started, by pid: web first, then the console daemon and the agent, Redis last."""
+        for name in ("web", "console", "agent", "redis"):
             proc = self.children.get(name)
             if proc is None or proc.poll() is not None:
                 continue

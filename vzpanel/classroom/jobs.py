@@ -1,0 +1,579 @@
+"""The classroom's work in the node agent (root): bulk tasks, the golden image, the schedule and idle policy.
+
+Like vzpanel.tasks.jobs, this is agent-side code: the web process never imports the engine. A bulk job
+runs many child tasks, several at once (VZPANEL_CLASS_PARALLEL threads, each with its own engine and
+database connection): creating and starting a VE is mostly waiting on lxc-start and the kernel, so a
+class of 100 is ready in seconds rather than minutes, while each child keeps its own row, claim and
+outcome exactly as a single task does (vzpanel.tasks.runner).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import re
+import threading
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db.models import Count, F, Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from vzpanel.nodes.models import Node, Template
+from vzpanel.tasks import jobs as task_jobs
+from vzpanel.tasks.errors import TaskFailed
+from vzpanel.tasks.models import Task
+from vzpanel.tasks.queue import new_ref, publish_task
+from vzpanel.tasks.runner import expected_errors, finish
+from vzpanel.ves.models import VE
+
+from . import conf, services
+from .models import Course, LabSession, Membership
+
+log = logging.getLogger(__name__)
+_local = threading.local()
+_port_lock = threading.Lock()
+
+
+def engine():
+    """This thread's engine (the engine's objects are not shared between threads)."""
+    eng = getattr(_local, "engine", None)
+    if eng is None:
+        eng = _local.engine = task_jobs.engine()
+    return eng
+
+
+def engine_params(eng) -> set[str]:
+    return {p for feature in eng.features for p in feature.params}
+
+
+class BufferedProgress:
+    """The progress callable for a child task: collects its log lines and writes them once.
+
+    A class of 100 would otherwise write and push every step of every VE; the class page shows
+    each student's state, and the task's page its whole log once it is done.
+    """
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.lines: list[str] = []
+
+    def __call__(self, percent: int | None, message: str = "") -> None:
+        if percent is not None:
+            self.task.progress = max(0, min(100, int(percent)))
+        message = str(message or "").strip()
+        if message:
+            self.lines.append(f"[{timezone.localtime():%H:%M:%S}] {message}\n")
+            self.task.message = message[:300]
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        text, n = "".join(self.lines), len(self.lines)
+        self.lines = []
+        Task.objects.filter(pk=self.task.pk).update(progress=self.task.progress, message=self.task.message,
+                                                    log=Concat(F("log"), Value(text)), log_lines=F("log_lines") + n)
+        self.task.log += text
+        self.task.log_lines += n
+
+
+# --- running bulk tasks ---------------------------------------------------------------------------
+
+def run_bulk(parent_id: int | None, child_ids: list[int]) -> str:
+    """Run the given child tasks (of parent_id, if any), several at once; then close the parent."""
+    if parent_id:
+        Task.objects.filter(pk=parent_id, status=Task.Status.QUEUED).update(
+            status=Task.Status.RUNNING, started_at=timezone.now())
+        if Task.objects.filter(pk=parent_id, status=Task.Status.CANCELLED).exists():
+            Task.objects.filter(pk__in=child_ids, status=Task.Status.QUEUED).update(
+                status=Task.Status.CANCELLED, finished_at=timezone.now(), message="The class operation was cancelled")
+            return "cancelled"
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for pk in child_ids[1:]:
+        todo.put(pk)
+    if child_ids:
+        # The first one alone: it writes what the engine root shares between VEs (the network's LXC hook
+        # script is rewritten under one fixed temporary name, so two first writers at once would collide).
+        run_child(child_ids[0])
+        if parent_id:
+            parent_progress(parent_id)
+
+    def worker():
+        try:
+            while True:
+                try:
+                    pk = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    run_child(pk)
+                except Exception:
+                    log.exception("classroom task %s: bookkeeping failed", pk)
+                if parent_id:
+                    with contextlib.suppress(Exception):
+                        parent_progress(parent_id)
+        finally:
+            connection.close()  # this thread's own connection
+
+    threads = [threading.Thread(target=worker, name=f"class-{i}")
+               for i in range(min(conf.parallel(), len(child_ids) - 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if parent_id:
+        close_parent(parent_id)
+    return "done"
+
+
+def run_child(task_id: int) -> str:
+    """Claim one child task (as the task runner does) and run it; end it completed, failed or errored."""
+    close_old_connections()
+    claimed = Task.objects.filter(pk=task_id, status=Task.Status.QUEUED).update(
+        status=Task.Status.RUNNING, started_at=timezone.now(), message="Started")
+    if not claimed:
+        return "not claimed"
+    task = Task.objects.select_related("ve", "node", "user").get(pk=task_id)
+    publish_task(task)
+    progress = BufferedProgress(task)
+    try:
+        handler = HANDLERS[task.action]
+        result = handler(task, progress, engine())
+    except expected_errors() as exc:
+        progress.flush()
+        task_jobs.after_failure(task)
+        finish(task, Task.Status.FAILED, error=getattr(exc, "message", None) or str(exc))
+    except Exception:
+        ref = new_ref()
+        log.exception("classroom task %s errored (ref %s)", task_id, ref)
+        progress.flush()
+        task_jobs.after_failure(task)
+        finish(task, Task.Status.ERRORED, error="Something went wrong on our side. The administrators can look it "
+                                                f"up as reference {ref}.", error_ref=ref, traceback=traceback.format_exc())
+    else:
+        progress.flush()
+        finish(task, Task.Status.COMPLETED, result=result)
+    return task.status
+
+
+def parent_progress(parent_id: int) -> None:
+    counts = dict(Task.objects.filter(parent_id=parent_id).values_list("status").annotate(n=Count("id")))
+    total = sum(counts.values())
+    done = sum(n for s, n in counts.items() if s in Task.FINISHED)
+    bad = counts.get(Task.Status.FAILED, 0) + counts.get(Task.Status.ERRORED, 0)
+    Task.objects.filter(pk=parent_id, status=Task.Status.RUNNING).update(
+        progress=100 * done // max(total, 1),
+        message=f"{done} of {total} done" + (f", {bad} failed" if bad else ""))
+
+
+def latest_children(parent: Task) -> list[Task]:
+    """The newest child per student (a retry replaces the failed try)."""
+    latest: dict = {}
+    for child in parent.children.select_related("ve").order_by("created_at", "id"):
+        latest[child.params.get("membership") or f"ve{child.ve_id}"] = child
+    return list(latest.values())
+
+
+def close_parent(parent_id: int) -> None:
+    """End a parent task once none of its children is queued or running."""
+    parent = Task.objects.select_related("node", "user").get(pk=parent_id)
+    if parent.status not in Task.ACTIVE or parent.children.filter(status__in=Task.ACTIVE).exists():
+        return
+    latest = latest_children(parent)
+    try:
+        done = PARENT_DONE.get(parent.action)
+        if done is not None:
+            done(parent, latest)
+    except Exception:
+        ref = new_ref()
+        log.exception("closing classroom task %s (ref %s)", parent_id, ref)
+        finish(parent, Task.Status.ERRORED, error=f"Something went wrong on our side (reference {ref}).",
+               error_ref=ref, traceback=traceback.format_exc())
+        return
+    failed = [c for c in latest if c.status != Task.Status.COMPLETED]
+    if failed:
+        first = "; ".join(f"VE {c.ve.ctid}: {(c.error or c.status).splitlines()[0][:120]}" for c in failed[:3])
+        finish(parent, Task.Status.FAILED, error=f"{len(failed)} of {len(latest)} did not succeed ({first}"
+                                                 + (" …" if len(failed) > 3 else "") + "). Retry them on the class page.")
+    else:
+        finish(parent, Task.Status.COMPLETED, result={"count": len(latest)})
+
+
+# --- what each child does -------------------------------------------------------------------------
+
+def membership_of(task: Task) -> Membership | None:
+    pk = task.params.get("membership")
+    return Membership.objects.filter(pk=pk).first() if pk else None
+
+
+def set_awake(task: Task, **extra) -> None:
+    Membership.objects.filter(pk=task.params.get("membership")).update(
+        asleep="", asleep_how="", activity_at=timezone.now(), **extra)
+
+
+def limit_params(eng, limits: dict) -> dict:
+    """Engine keyword arguments for a plan's per-VE limits (those this engine can apply)."""
+    if not limits:
+        return {}
+    wanted = {
+        "ram": f"{limits['ram_mb']}M" if limits.get("ram_mb") else None,
+        "swap": f"{limits['swap_mb']}M" if limits.get("ram_mb") and limits.get("swap_mb") is not None else None,
+        "cpus": min(int(limits["cpus"]), os.cpu_count() or 1) if limits.get("cpus") else None,
+        "numproc": limits.get("nproc"),
+        "diskspace": f"{limits['disk_gb']}G" if limits.get("disk_gb") else None,
+    }
+    known = engine_params(eng)
+    return {k: v for k, v in wanted.items() if v is not None and k in known}
+
+
+def _next_port(task: Task, taken: int) -> int:
+    """Move the student's SSH forward to the next free port (the host refused the one they had)."""
+    first, last = conf.ssh_ports()
+    with _port_lock:
+        used = set(Membership.objects.filter(ssh_port__isnull=False).values_list("ssh_port", flat=True))
+        for port in [*range(taken + 1, last + 1), *range(first, taken)]:
+            if port in used:
+                continue
+            try:
+                with transaction.atomic():
+                    Membership.objects.filter(pk=task.params.get("membership")).update(ssh_port=port)
+                return port
+            except IntegrityError:
+                continue
+    raise TaskFailed(f"No free host port is left for SSH in {first}-{last} (VZPANEL_SSH_PORTS).")
+
+
+def do_provision(task: Task, progress, eng) -> dict:
+    """Build the student's VE from the golden image, open its SSH port and start it."""
+    ve, p = task.ve, task.params
+    kwargs = limit_params(eng, p.get("limits") or {})
+    port = p.get("ssh_port")
+    if port and not {"ipadd", "portfwd"} <= engine_params(eng):
+        progress(None, "this node's engine has no port forwards yet: the VE gets no SSH access")
+        Membership.objects.filter(pk=p.get("membership")).update(ssh_port=None)
+        port = None
+    from vzengine import AlreadyExists
+
+    for attempt in range(20):
+        net = {"ipadd": ["auto"], "portfwd": [f"tcp:{port}:22"]} if port else {}
+        try:
+            info = eng.create(ve.ctid, p["ostemplate"], hostname=p.get("hostname") or None, progress=progress,
+                              **kwargs, **net)
+            break
+        except AlreadyExists as exc:
+            # Not ours (made outside the panel): leave it alone, and give this row's id up.
+            task_jobs.mark_destroyed(ve)
+            raise TaskFailed(f"{exc.message} on the node, made outside the panel; a retry builds this student's "
+                             "VE under another id") from None
+        except expected_errors() as exc:
+            message = getattr(exc, "message", str(exc))
+            if not port or "host port" not in message or attempt == 19:
+                raise
+            port = _next_port(task, port)
+            progress(None, f"{message}; using host port {port} instead")
+    task_jobs.save_info(ve, info)
+    if p.get("start", True):
+        info = eng.start(ve.ctid, wait_boot=True, progress=progress)
+        task_jobs.save_info(ve, info)
+        set_awake(task)
+    return {"ctid": ve.ctid, "status": info.status, "ssh_port": port, "ip_addresses": info.ip_addresses}
+
+
+def do_reset(task: Task, progress, eng) -> dict:
+    """Give the VE a fresh root from the golden image (keeping its id, address and identity)."""
+    ctid, p = task.ve.ctid, task.params
+    was_up = eng.is_running(ctid) or eng.is_suspended(ctid)
+    if eng.is_running(ctid):
+        # Its files are about to be replaced: no clean shutdown to wait for (2-3 s for most inits).
+        eng.stop(ctid, fast=True, progress=progress)
+    kept = None
+    if p.get("keep_work"):
+        kept = f"work-{time.strftime('%Y%m%d-%H%M%S')}-t{task.pk}"
+        eng.snapshot(ctid, kept, description=f"the student's files before a reset to {p['ostemplate']}",
+                     progress=progress)
+    info = eng.reinstall(ctid, ostemplate=p["ostemplate"], snapshot=False, progress=progress)
+    task_jobs.save_info(task.ve, info)
+    if was_up:
+        info = eng.start(ctid, wait_boot=True, progress=progress)
+        task_jobs.save_info(task.ve, info)
+    set_awake(task)
+    return {"ctid": ctid, "ostemplate": p["ostemplate"], "kept_as_snapshot": kept, "status": info.status}
+
+
+def do_start(task: Task, progress, eng) -> dict:
+    info = eng.start(task.ve.ctid, wait_boot=True, progress=progress)
+    task_jobs.save_info(task.ve, info)
+    set_awake(task)
+    return info.to_dict()
+
+
+def _sleep(task: Task, how: str) -> None:
+    why = task.params.get("why", "")
+    Membership.objects.filter(pk=task.params.get("membership")).update(
+        asleep=why if why in Membership.Sleep.values else "", asleep_how=how)
+
+
+def do_stop(task: Task, progress, eng) -> dict:
+    info = eng.stop(task.ve.ctid, progress=progress)
+    task_jobs.save_info(task.ve, info)
+    _sleep(task, "stopped")
+    return info.to_dict()
+
+
+def do_suspend(task: Task, progress, eng) -> dict:
+    """Suspend with CRIU where the VE can be checkpointed, else stop it (and say why)."""
+    from vzengine import Unsupported
+
+    ctid = task.ve.ctid
+    if interactive_sessions(eng, ctid):
+        close_consoles(task, progress)
+    try:
+        result = eng.suspend(ctid, progress=progress)
+        how = "suspended"
+    except Unsupported as exc:
+        progress(None, f"{exc.message}: stopping it instead")
+        eng.stop(ctid, progress=progress)
+        result, how = {"stopped_instead": exc.message}, "stopped"
+    task_jobs.save_info(task.ve, eng.status(ctid))
+    _sleep(task, how)
+    return {"ctid": ctid, "how": how, **result}
+
+
+def close_consoles(task: Task, progress) -> None:
+    """End the VE's web console sessions: their pty lives on the host, and CRIU cannot dump that."""
+    try:
+        from vzpanel.console.client import close_ve
+    except ImportError:  # a panel without the web console
+        return
+    n = close_ve(task.node.name, task.ve.ctid, why="suspend", timeout=5)
+    if n:
+        progress(None, f"closed {n} console session(s) first")
+
+
+def do_resume(task: Task, progress, eng) -> dict:
+    ctid = task.ve.ctid
+    if eng.is_suspended(ctid):
+        eng.resume(ctid, progress=progress)
+        info = eng.status(ctid)
+    else:
+        info = eng.start(ctid, wait_boot=True, progress=progress)
+    task_jobs.save_info(task.ve, info)
+    set_awake(task)
+    return info.to_dict()
+
+
+def do_archive(task: Task, progress, eng) -> dict:
+    """Back the VE up (when asked) and destroy it."""
+    ve = task.ve
+    path = None
+    if task.params.get("backup", True):
+        result = eng.backup(ve.ctid, progress=progress)  # from a snapshot when it runs
+        path = str(getattr(result, "path", result))
+    if eng.is_running(ve.ctid):
+        eng.stop(ve.ctid, fast=True, progress=progress)  # it is being removed: no clean shutdown to wait for
+    eng.destroy(ve.ctid, progress=progress)
+    task_jobs.mark_destroyed(ve)
+    Membership.objects.filter(pk=task.params.get("membership")).update(ssh_port=None)
+    return {"ctid": ve.ctid, "backup": path}
+
+
+def do_save_image(task: Task, progress, eng) -> dict:
+    """Freeze the teacher's VE as the course's next golden image (a template on this node)."""
+    from vzengine.templates import save_ve
+
+    p = task.params
+    course = Course.objects.get(pk=p["course"])
+    version = int(re.search(r"-v(\d+)$", p["name"]).group(1))
+    meta = save_ve(eng, task.ve.ctid, p["name"], description=f"{course.name}: golden image {version}",
+                   replace=True, progress=progress)
+    Template.objects.update_or_create(node=task.node, name=p["name"],
+                                      defaults={"description": meta.get("description", "")[:200], "built": True})
+    Course.objects.filter(pk=course.pk).update(ostemplate=p["name"], image_kind=Course.ImageKind.VE, image_ve=task.ve,
+                                               image_version=version, image_updated_at=timezone.now())
+    out = {"template": p["name"], "version": version}
+    if p.get("reset_after"):
+        course.refresh_from_db()
+        try:
+            reset, skipped = services.class_action(task.user, course, "reset", keep_work=p.get("keep_work", True))
+            out["reset_task"] = reset.pk
+            progress(None, f"reset of the class queued (task {reset.pk})" + (f"; skipped: {len(skipped)}" if skipped else ""))
+        except services.ServiceError as exc:
+            progress(None, f"the class was not reset: {exc.message}")
+    return out
+
+
+HANDLERS = {
+    services.PROVISION: do_provision,
+    services.RESET: do_reset,
+    services.START: do_start,
+    services.STOP: do_stop,
+    services.SUSPEND: do_suspend,
+    services.RESUME: do_resume,
+    services.ARCHIVE: do_archive,
+    services.SAVE_IMAGE: do_save_image,
+}
+
+
+# --- when a whole operation is done ---------------------------------------------------------------
+
+def course_ended(parent: Task, latest: list[Task]) -> None:
+    """Record the backups, remove the accounts made for the course and its golden images."""
+    from django.contrib.auth import get_user_model
+
+    course = Course.objects.get(pk=parent.params["course"])
+    archive = list(course.archive)
+    ok_members = set()
+    for child in latest:
+        if child.status == Task.Status.COMPLETED:
+            ok_members.add(child.params.get("membership"))
+            m = Membership.objects.filter(pk=child.params.get("membership")).select_related("user").first()
+            archive.append({"student": m.user.get_username() if m else "", "name": m.name if m else "",
+                            "ctid": child.ve.ctid, "backup": (child.result or {}).get("backup")})
+    students = course.students().select_related("user", "ve")
+    remaining = [m for m in students if m.pk not in ok_members and m.live_ve is not None]
+    gone = [m for m in students if m.pk in ok_members or m.live_ve is None]
+    User = get_user_model()
+    others = set(Membership.objects.filter(user__in=[m.user_id for m in gone]).exclude(course=course)
+                 .values_list("user_id", flat=True))
+    doomed = [m.user_id for m in gone if m.created_account and m.user_id not in others]
+    with transaction.atomic():
+        Course.objects.filter(pk=course.pk).update(archive=archive)
+        Membership.objects.filter(pk__in=[m.pk for m in gone]).delete()
+        User.objects.filter(pk__in=doomed, role=User.Role.STUDENT).delete()
+        if not remaining:
+            Course.objects.filter(pk=course.pk).update(status=Course.Status.ENDED, ended_at=timezone.now())
+    if not remaining:
+        remove_course_images(course)
+
+
+def remove_course_images(course: Course) -> None:
+    eng = engine()
+    prefix = f"course{course.pk}-v"
+    names = [n for n in Template.objects.filter(node=course.node, name__startswith=prefix).values_list("name", flat=True)]
+    in_use = set(VE.objects.live().filter(ostemplate__in=names).values_list("ostemplate", flat=True))
+    for name in names:
+        if name in in_use:
+            continue
+        with contextlib.suppress(Exception):
+            eng.templates.remove(name)
+        Template.objects.filter(node=course.node, name=name).delete()
+
+
+PARENT_DONE = {services.PARENT[services.ARCHIVE]: course_ended}
+
+
+# --- the classroom tick: usage, lab schedule, idle policy ------------------------------------------
+
+def interactive_sessions(eng, ctid: int) -> int:
+    """Sessions in a VE that someone is using: a terminal (SSH login, console) or an attach from the host."""
+    from vzengine import cgroups
+
+    rel = eng.layout.cgroup_dir(ctid)
+    top = cgroups.path("pids", rel) or cgroups.path("memory", rel)
+    if top is None or not top.is_dir():
+        return 0
+    sessions = set()
+    for dirpath, _dirs, files in os.walk(top):
+        if "cgroup.procs" not in files:
+            continue
+        with contextlib.suppress(OSError):
+            for pid in Path(dirpath, "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    session, tty = int(fields[3]), int(fields[4])
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    nssid = re.search(r"^NSsid:\s*(.*)$", status, re.M)
+                    outside = nssid is not None and nssid.group(1).split()[-1] == "0"
+                    if tty or outside:
+                        sessions.add(session)
+    return len(sessions)
+
+
+def sample(m: Membership, info, now, eng) -> None:
+    """Store what the node reports about m's VE, and whether it was used since the last look."""
+    usage = ((info.extra or {}).get("resources") or {}).get("usage") or {}
+    running = info.status == "running"
+    cpu = usage.get("cpu_seconds")
+    before = m.usage or {}
+    sessions = interactive_sessions(eng, info.ctid) if running else 0
+    if running:
+        rate = None
+        if before.get("running") and m.sampled_at and cpu is not None and (before.get("cpu_seconds") or 0) <= cpu:
+            seconds = max((now - m.sampled_at).total_seconds(), 1.0)
+            rate = (cpu - (before.get("cpu_seconds") or 0)) / seconds
+        if sessions or rate is None or rate >= conf.idle_cpu() or m.activity_at is None:
+            m.activity_at = now
+        if m.asleep:
+            m.asleep, m.asleep_how = "", ""  # someone woke it
+    elif m.asleep_how == "suspended" and not (info.extra or {}).get("suspended"):
+        m.asleep_how = "stopped"
+    m.usage = {"running": running, "cpu_seconds": cpu, "memory_bytes": usage.get("memory_bytes"),
+               "disk_bytes": usage.get("disk_bytes"), "nproc": usage.get("nproc"), "sessions": sessions,
+               "suspended": bool((info.extra or {}).get("suspended"))}
+    m.sampled_at = now
+
+
+def tick(node_name: str | None = None, now=None) -> dict:
+    """Sample every class VE of this node, run the lab schedule and the idle policy; return counts.
+
+    Runs in the node agent (queued every minute or so, like reconcile) or from `manage.py classroom_tick`.
+    """
+    node = Node.local() if node_name is None else Node.objects.get_or_create(name=node_name)[0]
+    now = now or timezone.now()
+    eng = task_jobs.engine()
+    counts = {"sampled": 0, "session_start": 0, "session_end": 0, "idle": 0}
+    courses = list(Course.objects.filter(node=node, status=Course.Status.ACTIVE))
+    infos = {info.ctid: info for info in eng.list()}
+    members = list(Membership.objects.filter(course__in=courses, role=Membership.Role.STUDENT, ve__isnull=False)
+                   .exclude(ve__status=VE.Status.DESTROYED).select_related("ve", "course", "user"))
+    busy = set(Task.objects.filter(status__in=Task.ACTIVE, ve_id__in=[m.ve_id for m in members])
+               .values_list("ve_id", flat=True))
+    sampled = []
+    for m in members:
+        info = infos.get(m.ve.ctid)
+        if info is None or m.ve_id in busy:
+            continue
+        sample(m, info, now, eng)
+        sampled.append(m)
+    Membership.objects.bulk_update(sampled, ["usage", "sampled_at", "activity_at", "asleep", "asleep_how"])
+    counts["sampled"] = len(sampled)
+    by_course: dict[int, list[Membership]] = {}
+    for m in sampled:
+        by_course.setdefault(m.course_id, []).append(m)
+    for session in LabSession.objects.filter(course__in=courses, ended=False).select_related("course"):
+        course = session.course
+        if now >= session.ends_at:
+            action = "suspend" if session.after == Course.Sleep.SUSPEND else "stop"
+            counts["session_end"] += _queue(course, action, None, "schedule")
+            LabSession.objects.filter(pk=session.pk).update(started=True, ended=True)
+        elif now >= session.wake_at() and not session.started:
+            counts["session_start"] += _queue(course, "start", None, "schedule")
+            LabSession.objects.filter(pk=session.pk).update(started=True)
+    for course in courses:
+        if not course.idle_minutes:
+            continue
+        limit = now - timedelta(minutes=course.idle_minutes)
+        idle = [m for m in by_course.get(course.pk, [])
+                if m.usage.get("running") and not m.usage.get("sessions")
+                and m.activity_at is not None and m.activity_at <= limit
+                and (m.console_at is None or m.console_at <= limit)]
+        if idle:
+            action = "suspend" if course.idle_action == Course.Sleep.SUSPEND else "stop"
+            counts["idle"] += _queue(course, action, idle, "idle")
+    return counts
+
+
+def _queue(course: Course, action: str, memberships, why: str) -> int:
+    try:
+        task, _ = services.class_action(None, course, action, memberships, why=why)
+    except services.ServiceError as exc:
+        log.info("classroom %s of course %s: %s", action, course.pk, exc.message)
+        return 0
+    return task.children.count() if task.ve_id is None else 1
+

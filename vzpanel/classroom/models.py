@@ -1,0 +1,205 @@
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class CourseQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "CourseQuerySet":
+        """Return the courses user may see: the classroom's one permission rule.
+
+        Admins see every course; a teacher their own; an assistant or a student the courses they are
+        enrolled in. Anyone else sees none.
+        """
+        if not getattr(user, "is_authenticated", False) or not user.is_active:
+            return self.none()
+        if user.is_panel_admin:
+            return self.all()
+        return self.filter(Q(teacher=user) | Q(memberships__user=user)).distinct()
+
+
+class Course(models.Model):
+    """A class: its teacher, roster, golden image, plan, quota, schedule and idle policy."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "active"
+        ENDING = "ending", "ending (archiving)"
+        ENDED = "ended", "ended"
+
+    class ImageKind(models.TextChoices):
+        TEMPLATE = "template", "an OS template"
+        VE = "ve", "a VE of the teacher's, frozen"
+
+    class Sleep(models.TextChoices):
+        SUSPEND = "suspend", "suspend (keep running programs, CRIU)"
+        STOP = "stop", "stop"
+
+    name = models.CharField(max_length=100)
+    teacher = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="courses_taught")
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="courses")
+    plan = models.ForeignKey("plans.Plan", null=True, blank=True, on_delete=models.PROTECT, related_name="courses",
+                             help_text="resources of each student's VE")
+    # The golden image: every student VE is built from `ostemplate`; a frozen VE becomes a local template.
+    image_kind = models.CharField(max_length=16, choices=ImageKind.choices, default=ImageKind.TEMPLATE)
+    ostemplate = models.CharField("golden image (template)", max_length=100)
+    image_ve = models.ForeignKey("ves.VE", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                 help_text="the teacher's VE the image was frozen from")
+    image_version = models.PositiveIntegerField(default=0)
+    image_updated_at = models.DateTimeField(null=True, blank=True)
+    # Quota, checked before bulk provisioning starts (empty: no limit).
+    max_ves = models.PositiveIntegerField("VEs allowed", default=100)
+    max_ram_mb = models.PositiveIntegerField("RAM allowed (MB, all VEs)", null=True, blank=True)
+    max_disk_gb = models.PositiveIntegerField("disk allowed (GB, all VEs)", null=True, blank=True)
+    ssh_access = models.BooleanField("SSH port forward per student", default=True)
+    idle_minutes = models.PositiveIntegerField("idle after (minutes, 0: never)", default=0)
+    idle_action = models.CharField(max_length=8, choices=Sleep.choices, default=Sleep.SUSPEND)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
+    ends_on = models.DateField(null=True, blank=True)
+    archive = models.JSONField(default=list, blank=True, help_text="backups written when the course ended")
+    created_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    objects = CourseQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+    def image_label(self) -> str:
+        if self.image_kind == self.ImageKind.VE:
+            return f"{self.ostemplate} (frozen VE, version {self.image_version})"
+        return self.ostemplate
+
+    def template_name(self, version: int) -> str:
+        """The name of this course's golden image number `version` on its node."""
+        return f"course{self.pk}-v{version}"
+
+    def students(self):
+        return self.memberships.filter(role=Membership.Role.STUDENT)
+
+
+class Membership(models.Model):
+    """A user in a course: a student (with their VE) or an assistant."""
+
+    class Role(models.TextChoices):
+        STUDENT = "student", "student"
+        ASSISTANT = "assistant", "assistant"
+
+    class Sleep(models.TextChoices):
+        AWAKE = "", "awake"
+        IDLE = "idle", "put to sleep for being idle"
+        SCHEDULE = "schedule", "put to sleep after a lab session"
+
+    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="course_memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.STUDENT)
+    group = models.CharField(max_length=64, blank=True)
+    display_name = models.CharField(max_length=150, blank=True)
+    created_account = models.BooleanField(default=False, help_text="the account was made for this course")
+    ve = models.ForeignKey("ves.VE", null=True, blank=True, on_delete=models.SET_NULL, related_name="memberships")
+    ssh_port = models.PositiveIntegerField(null=True, blank=True)
+    # What the node last saw of the VE (the classroom tick): for the dashboard and the idle policy.
+    usage = models.JSONField(default=dict, blank=True)
+    sampled_at = models.DateTimeField(null=True, blank=True)
+    activity_at = models.DateTimeField(null=True, blank=True, help_text="last sign of use: CPU, login, console")
+    console_at = models.DateTimeField(null=True, blank=True)
+    asleep = models.CharField(max_length=8, choices=Sleep.choices, default=Sleep.AWAKE, blank=True)
+    asleep_how = models.CharField(max_length=8, blank=True, help_text="suspended or stopped")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["group", "display_name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["course", "user"], name="one_membership_per_course"),
+            models.UniqueConstraint(fields=["ssh_port"], condition=Q(ssh_port__isnull=False), name="unique_ssh_port"),
+        ]
+
+    def __str__(self):
+        return f"{self.user} in {self.course}"
+
+    @property
+    def name(self) -> str:
+        return self.display_name or self.user.get_full_name() or self.user.get_username()
+
+    @property
+    def live_ve(self):
+        ve = self.ve
+        return ve if ve is not None and ve.is_live else None
+
+
+class LabSession(models.Model):
+    """A lab session: the class's VEs start `lead_minutes` before it and stop or suspend after it."""
+
+    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="sessions")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    lead_minutes = models.PositiveIntegerField(default=5)
+    after = models.CharField(max_length=8, choices=Course.Sleep.choices, default=Course.Sleep.STOP)
+    started = models.BooleanField(default=False)
+    ended = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["starts_at"]
+
+    def __str__(self):
+        return f"{self.course}: {self.starts_at:%Y-%m-%d %H:%M}-{self.ends_at:%H:%M}"
+
+    def wake_at(self):
+        return self.starts_at - timedelta(minutes=self.lead_minutes)
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class LoginLink(models.Model):
+    """A one-time sign-in link for a student; only its hash is stored, the link is printed once."""
+
+    LIFETIME = timedelta(days=14)
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="login_links")
+    course = models.ForeignKey(Course, null=True, blank=True, on_delete=models.CASCADE, related_name="login_links")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @classmethod
+    def issue(cls, user, course=None, created_by=None) -> tuple["LoginLink", str]:
+        """Create a link for user, dropping their unused older ones; return it with the plain key."""
+        cls.objects.filter(user=user, used_at__isnull=True).delete()
+        key = secrets.token_urlsafe(24)
+        link = cls.objects.create(user=user, course=course, key_hash=_hash(key), created_by=created_by,
+                                  expires_at=timezone.now() + cls.LIFETIME)
+        return link, key
+
+    @classmethod
+    def redeem(cls, key: str):
+        """Mark the unused, unexpired link with this key used and return its user, or None."""
+        now = timezone.now()
+        link = cls.objects.select_related("user").filter(key_hash=_hash(key or "")).first()
+        if link is None or link.expires_at <= now or not link.user.is_active:
+            return None
+        used = cls.objects.filter(pk=link.pk, used_at__isnull=True).update(used_at=now)
+        return link.user if used else None
+
+    @classmethod
+    def find(cls, key: str):
+        link = cls.objects.select_related("user").filter(key_hash=_hash(key or "")).first()
+        if link is None or link.used_at or link.expires_at <= timezone.now():
+            return None
+        return link
