@@ -173,6 +173,9 @@ def test_an_assistant_operates_but_does_not_manage(client_for, classes, teacher,
     response = c.post(f"/classes/{course.pk}/action/", {"action": "stop", "target": "all"})
     assert response.status_code == 302
     assert Task.objects.filter(action="stop", parent__action="class.stop").count() == 2
+    # and can open the VE pages (and consoles) of that course's students, not of another course
+    assert c.get("/ves/301/").status_code == 200 and c.get("/ves/302/").status_code == 200
+    assert c.get("/ves/303/").status_code == 404
 
 
 def test_provisioning_checks_the_quota_first_and_changes_nothing(client_for, teacher, course, plan, admin):

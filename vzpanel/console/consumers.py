@@ -18,6 +18,7 @@ from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from vzpanel.audit import log as audit_log
+from vzpanel.classroom.services import wake_for_console
 from vzpanel.ves.access import find_ve
 
 from . import protocol as p
@@ -51,6 +52,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             await self.close(code=p.CLOSE_NOT_FOUND)
             return
         await self.accept()
+        # A class VE the idle policy or lab schedule put to sleep wakes when its console opens.
+        await database_sync_to_async(wake_for_console)(user, self.ve, wait=30)
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         rows, cols = p.DEFAULT_ROWS, p.DEFAULT_COLS
         if "rows" in query or "cols" in query:

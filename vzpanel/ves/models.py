@@ -11,7 +11,8 @@ class VEQuerySet(models.QuerySet):
     def visible_to(self, user) -> "VEQuerySet":
         """Return the VEs user may see and act on: the one object-permission rule of the panel.
 
-        Admins see every VE; a teacher sees their own and their students'; anyone else only their own.
+        Admins see every VE; a teacher sees their own and their students'; a course assistant those of
+        the course's students; anyone else only their own.
         """
         if not getattr(user, "is_authenticated", False) or not user.is_active:
             return self.none()
@@ -20,6 +21,11 @@ class VEQuerySet(models.QuerySet):
         rule = Q(owner=user)
         if user.role == user.Role.TEACHER:
             rule |= Q(owner__teacher=user)
+        if user.course_memberships.filter(role="assistant").exists():
+            # a course's assistants help its students: they see the students' VEs of that course
+            rule |= Q(memberships__course__memberships__user=user,
+                      memberships__course__memberships__role="assistant")
+            return self.filter(rule).distinct()
         return self.filter(rule)
 
     def live(self) -> "VEQuerySet":

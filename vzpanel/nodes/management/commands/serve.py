@@ -242,6 +242,9 @@ class Command(BaseCommand):
                 try:
                     queue.enqueue("vzpanel.nodes.reconcile.reconcile_node", settings.VZPANEL_NODE,
                                   result_ttl=0, failure_ttl=3600, job_timeout=300, description="reconcile")
+                    # the classroom tick: lab schedules and the idle policy
+                    queue.enqueue("vzpanel.classroom.jobs.tick", settings.VZPANEL_NODE, result_ttl=0,
+                                  failure_ttl=3600, job_timeout=300, description="classroom tick")
                 except Exception as exc:
                     self.say(f"could not queue reconcile: {exc}")
             if now >= next_status:
