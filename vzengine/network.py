@@ -837,7 +837,7 @@ exit 0
         except OSError:
             pass
         lay.rundir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # writers may race
         tmp.write_text(text)
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)

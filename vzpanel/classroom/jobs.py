@@ -100,9 +100,12 @@ def run_bulk(parent_id: int | None, child_ids: list[int]) -> str:
     if child_ids:
         # The first one alone: it writes what the engine root shares between VEs (the network's LXC hook
         # script is rewritten under one fixed temporary name, so two first writers at once would collide).
-        run_child(child_ids[0])
-        if parent_id:
-            parent_progress(parent_id)
+        try:
+            run_child(child_ids[0])
+            if parent_id:
+                parent_progress(parent_id)
+        except Exception:
+            log.exception("classroom task %s: bookkeeping failed", child_ids[0])
 
     def worker():
         try:
@@ -219,17 +222,8 @@ def set_awake(task: Task, **extra) -> None:
 
 def limit_params(eng, limits: dict) -> dict:
     """Engine keyword arguments for a plan's per-VE limits (those this engine can apply)."""
-    if not limits:
-        return {}
-    wanted = {
-        "ram": f"{limits['ram_mb']}M" if limits.get("ram_mb") else None,
-        "swap": f"{limits['swap_mb']}M" if limits.get("ram_mb") and limits.get("swap_mb") is not None else None,
-        "cpus": min(int(limits["cpus"]), os.cpu_count() or 1) if limits.get("cpus") else None,
-        "numproc": limits.get("nproc"),
-        "diskspace": f"{limits['disk_gb']}G" if limits.get("disk_gb") else None,
-    }
     known = engine_params(eng)
-    return {k: v for k, v in wanted.items() if v is not None and k in known}
+    return {k: v for k, v in task_jobs.engine_limits(limits or {}).items() if k in known}
 
 
 def _next_port(task: Task, taken: int) -> int:

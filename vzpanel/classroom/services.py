@@ -70,8 +70,7 @@ LABELS = {
     "class.idle": "idle policy", "class.session": "lab schedule",
 }
 CLASS_ACTIONS = ("start", "stop", "suspend", "reset")
-# The engine reports a checkpointed VE as "suspended" (VE.Status may not have it as a choice yet).
-SUSPENDED = getattr(VE.Status, "SUSPENDED", "suspended")
+SUSPENDED = VE.Status.SUSPENDED  # checkpointed by the engine (CRIU)
 ASLEEP = (VE.Status.STOPPED, SUSPENDED)
 
 
@@ -243,11 +242,15 @@ def _bulk(user, course: Course, parent_action: str | None, items, *, request=Non
             parent = Task.objects.create(ve=None, node=course.node, action=parent_action, user=user, ip=ip,
                                          params={"course": course.pk, "count": len(todo)},
                                          message=f"0 of {len(todo)} done")
-        children = Task.objects.bulk_create([
-            Task(ve=ve, node=course.node, action=action, user=user, ip=ip, parent=parent,
-                 params={**params, "course": course.pk, "membership": m.pk})
-            for m, ve, action, params in todo
-        ])
+        try:
+            with transaction.atomic():
+                children = Task.objects.bulk_create([
+                    Task(ve=ve, node=course.node, action=action, user=user, ip=ip, parent=parent,
+                         params={**params, "course": course.pk, "membership": m.pk})
+                    for m, ve, action, params in todo
+                ])
+        except IntegrityError:  # a task on one of the VEs was queued meanwhile (one active task per VE)
+            raise ActionRefused("Another task was queued on one of these VEs meanwhile; try again.") from None
         if any(c.pk is None for c in children):
             children = list(Task.objects.filter(ve_id__in=[ve.pk for _, ve, _, _ in todo], status=Task.Status.QUEUED))
         username = user.get_username() if user is not None else ""
@@ -587,6 +590,9 @@ def end_course(user, course: Course, *, archive: bool = True, request=None) -> T
     if course.status != Course.Status.ACTIVE:
         raise ActionRefused(f"This course is {course.get_status_display()} already.")
     members = list(course.students().select_related("user", "ve"))
+    busy = Task.objects.filter(ve_id__in=[m.ve_id for m in members if m.ve_id], status__in=Task.ACTIVE).count()
+    if busy:
+        raise ActionRefused(f"{busy} of the class's VEs are busy with a task; wait for them, then end the course.")
     with transaction.atomic():
         course.status = Course.Status.ENDING
         course.save(update_fields=["status"])

@@ -40,6 +40,7 @@ class VE(models.Model):
         CREATING = "creating", "creating"
         RUNNING = "running", "running"
         STOPPED = "stopped", "stopped"
+        SUSPENDED = "suspended", "suspended"
         MISSING = "missing", "missing"
         DESTROYED = "destroyed", "destroyed"
 

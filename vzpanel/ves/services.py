@@ -39,14 +39,15 @@ class ActionRefused(ServiceError):
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 # Which states each action may start from.
+DOWN = {VE.Status.STOPPED, VE.Status.SUSPENDED}  # a suspended VE starts afresh from the panel
 ALLOWED_FROM = {
-    Task.Action.START: {VE.Status.STOPPED},
+    Task.Action.START: DOWN,
     Task.Action.STOP: {VE.Status.RUNNING},
-    Task.Action.RESTART: {VE.Status.RUNNING, VE.Status.STOPPED},
-    Task.Action.REINSTALL: {VE.Status.RUNNING, VE.Status.STOPPED},
-    Task.Action.SET_PASSWORD: {VE.Status.RUNNING, VE.Status.STOPPED},
-    Task.Action.SET_HOSTNAME: {VE.Status.RUNNING, VE.Status.STOPPED},
-    Task.Action.DESTROY: {VE.Status.RUNNING, VE.Status.STOPPED, VE.Status.MISSING},
+    Task.Action.RESTART: {VE.Status.RUNNING, *DOWN},
+    Task.Action.REINSTALL: {VE.Status.RUNNING, *DOWN},
+    Task.Action.SET_PASSWORD: {VE.Status.RUNNING, *DOWN},
+    Task.Action.SET_HOSTNAME: {VE.Status.RUNNING, *DOWN},
+    Task.Action.DESTROY: {VE.Status.RUNNING, VE.Status.MISSING, *DOWN},
 }
 BULK_ACTIONS = (Task.Action.START, Task.Action.STOP)
 
