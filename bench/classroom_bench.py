@@ -16,7 +16,6 @@ and counts as ready once its init has booted. Prints a table and writes bench/re
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from common import stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = [int(a) for a in sys.argv[1:]] or [30, 100]
@@ -35,15 +36,6 @@ PID = os.getpid()
 IP_POOL = f"10.{200 + PID % 50}.{PID // 50 % 64 * 4}.0/22"
 PANEL_PORTS = (30000 + PID % 100 * 200, 30000 + PID % 100 * 200 + 149)
 ENGINE_PORT = PANEL_PORTS[1] + 1  # the engine baseline's forwards start here
-
-
-def wait_for(predicate, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
 
 
 def stats(values):
@@ -81,14 +73,7 @@ class Bench:
                                             stderr=subprocess.STDOUT)
 
     def stop(self, name):
-        proc = self.procs.pop(name, None)
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(self.procs.pop(name, None))
 
     def start_agent(self, threads: int):
         self.stop("agent")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 
 
@@ -13,17 +15,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout, what):
-    """Poll ``predicate`` every 0.1 s until it is true; raise after ``timeout`` seconds."""
+def wait_for(predicate, timeout, what, interval=0.05):
+    """Poll ``predicate`` every ``interval`` seconds until it is true; raise after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
 
 
 def percentile(values, p):
     """The p-th percentile of ``values`` (nearest rank)."""
     values = sorted(values)
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+def stop_process(proc, timeout: float = 30) -> None:
+    """End a process this benchmark started: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

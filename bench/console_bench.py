@@ -29,7 +29,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -41,7 +40,7 @@ import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
-from common import free_port, percentile, wait_for
+from common import free_port, percentile, stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -230,13 +229,7 @@ class Bench:
 
     def stop_all(self):
         for proc in reversed(list(self.procs.values())):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
     def setup(self):
         from vzengine import Engine

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
-from common import free_port, percentile, wait_for
+from common import free_port, percentile, stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 N_VES = 1000
@@ -63,13 +62,7 @@ class Bench:
 
     def stop_all(self):
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, 20)
 
     # -- set-up ---------------------------------------------------------------------------------------
 
