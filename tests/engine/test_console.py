@@ -1,6 +1,7 @@
 """Console sessions: a real pty into a real VE, with scrollback, resize and several viewers."""
 
 import asyncio
+import contextlib
 import os
 import re
 
@@ -48,13 +49,22 @@ def terminal(session: ConsoleSession) -> bytearray:
     return seen
 
 
+@contextlib.asynccontextmanager
+async def shell(engine, ctid, **kw):
+    """A console session on VE ctid at its shell prompt, seen through terminal(); closed at the end."""
+    s = ConsoleSession(engine.enter_argv(ctid), ctid, **kw)
+    await s.start()
+    seen = terminal(s)
+    try:
+        await _until(seen, b"# ")
+        yield s, seen
+    finally:
+        await s.close()
+
+
 def test_a_session_gives_a_root_shell_that_resizes(engine, tiny_ve):
     async def go():
-        s = ConsoleSession(engine.enter_argv(tiny_ve), tiny_ve, rows=30, cols=100)
-        await s.start()
-        seen = terminal(s)
-        try:
-            await _until(seen, b"# ")
+        async with shell(engine, tiny_ve, rows=30, cols=100) as (s, seen):
             s.write(b"id -u; echo MARK-$((6*7))\n")
             await _until(seen, b"MARK-42")
             assert re.search(rb"\n0\r+\nMARK-42\r+\n", seen), seen
@@ -63,8 +73,6 @@ def test_a_session_gives_a_root_shell_that_resizes(engine, tiny_ve):
             s.resize(40, 132)
             s.write(b"stty size\n")
             await _until(seen, b"40 132")
-        finally:
-            await s.close()
         assert not s.alive
 
     asyncio.run(go())
@@ -124,11 +132,7 @@ def test_absurd_sizes_are_refused(rows, cols):
 
 def test_output_is_numbered_and_the_scrollback_keeps_the_newest(engine, tiny_ve):
     async def go():
-        s = ConsoleSession(engine.enter_argv(tiny_ve), tiny_ve, scrollback=2000)
-        await s.start()
-        seen = terminal(s)
-        try:
-            await _until(seen, b"# ")
+        async with shell(engine, tiny_ve, scrollback=2000) as (s, seen):
             s.write(b"i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; echo END-$((2*3))\n")
             await _until(seen, b"END-6")
             assert s.total == len(seen) and s.total > 3000
@@ -137,19 +141,13 @@ def test_output_is_numbered_and_the_scrollback_keeps_the_newest(engine, tiny_ve)
             assert start == s.start_offset and data == bytes(seen[-2000:])
             start, data = s.since(s.total - 10, limit=4)
             assert start == s.total - 10 and data == bytes(seen[-10:-6])
-        finally:
-            await s.close()
 
     asyncio.run(go())
 
 
 def test_a_paused_session_holds_output_until_resumed(engine, tiny_ve):
     async def go():
-        s = ConsoleSession(engine.enter_argv(tiny_ve), tiny_ve)
-        await s.start()
-        seen = terminal(s)
-        try:
-            await _until(seen, b"# ")
+        async with shell(engine, tiny_ve) as (s, seen):
             s.pause_reading()
             assert s.paused
             s.write(b"echo HELD-$((40+2))\n")
@@ -157,19 +155,13 @@ def test_a_paused_session_holds_output_until_resumed(engine, tiny_ve):
             assert b"HELD-42" not in seen
             s.resume_reading()
             await _until(seen, b"HELD-42")
-        finally:
-            await s.close()
 
     asyncio.run(go())
 
 
 def test_input_the_ve_does_not_read_never_blocks_the_loop(engine, tiny_ve):
     async def go():
-        s = ConsoleSession(engine.enter_argv(tiny_ve), tiny_ve)
-        await s.start()
-        seen = terminal(s)
-        try:
-            await _until(seen, b"# ")
+        async with shell(engine, tiny_ve) as (s, _seen):
             s.write(b"sleep 30\n")  # reads no input: the ptys fill, then our queue
             await asyncio.sleep(0.3)
             chunk = b"x" * 65536
@@ -181,8 +173,6 @@ def test_input_the_ve_does_not_read_never_blocks_the_loop(engine, tiny_ve):
                 assert sent < 64 * MAX_PENDING_INPUT, "input was never refused"
             assert asyncio.get_running_loop().time() - t0 < 5
             assert sent >= MAX_PENDING_INPUT - len(chunk)
-        finally:
-            await s.close()
         assert not s.alive
 
     asyncio.run(go())
