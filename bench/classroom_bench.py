@@ -15,17 +15,14 @@ and counts as ready once its init has booted. Prints a table and writes bench/re
 
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import stop_process, wait_for
+from common import PanelStack, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = [int(a) for a in sys.argv[1:]] or [30, 100]
@@ -43,37 +40,15 @@ def stats(values):
             "max_ms": round(max(values) * 1000, 1), "total_s": round(sum(values), 2)}
 
 
-class Bench:
+class Bench(PanelStack):
     def __init__(self):
-        self.tmp = Path(tempfile.mkdtemp(prefix="vzclass-bench-", dir="/var/tmp"))
-        os.chmod(self.tmp, 0o711)  # the engine root below it must be reachable by the VEs' mapped root
+        super().__init__("vzclass-bench-", VZ_IP_POOL=IP_POOL, VZPANEL_SSH_PORTS=f"{PANEL_PORTS[0]}-{PANEL_PORTS[1]}")
         self.root = self.tmp / "vz"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.sock = self.tmp / "redis.sock"
-        self.env = {
-            **os.environ,
-            "VZPANEL_STATE": str(self.tmp),
-            "REDIS_URL": f"unix://{self.sock}",
-            "DATABASE_URL": f"sqlite:///{self.tmp / 'bench.sqlite3'}",
-            "VZPANEL_SECRET_KEY": "bench-secret-key-not-for-production",
-            "DJANGO_SETTINGS_MODULE": "vzpanel.settings",
-            "VZ_ROOT": str(self.root),
-            "VZ_IP_POOL": IP_POOL,
-            "VZPANEL_SSH_PORTS": f"{PANEL_PORTS[0]}-{PANEL_PORTS[1]}",
-        }
-        os.environ.update(self.env)
+        self.env["VZ_ROOT"] = os.environ["VZ_ROOT"] = str(self.root)
         self.results: dict = {"counts": COUNTS, "agent_threads": None}
         self.engine = None
 
     # -- processes ----------------------------------------------------------------------------------------
-
-    def spawn(self, name, argv, **env):
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(argv, cwd=REPO, env={**self.env, **env}, stdout=log,
-                                            stderr=subprocess.STDOUT)
-
-    def stop(self, name):
-        stop_process(self.procs.pop(name, None))
 
     def start_agent(self, threads: int):
         self.stop("agent")
@@ -84,14 +59,7 @@ class Bench:
     # -- set-up -------------------------------------------------------------------------------------------
 
     def setup(self):
-        self.spawn("redis", ["redis-server", "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
-                             "--save", "", "--appendonly", "no", "--dir", str(self.tmp)])
-        wait_for(self.sock.exists, 10, "redis")
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=self.env, check=True)
-        sys.path.insert(0, str(REPO))
-        import django
-
-        django.setup()
+        self.start_database()
         from vzengine import Engine
         from vzpanel.accounts.models import User
         from vzpanel.classroom import services
@@ -250,22 +218,16 @@ class Bench:
                     "reset_panel_over_reinstall": round(panel["reset_s"] / base["reinstall_total_s"], 3),
                 }
         except BaseException:
-            for name in ("agent",):
-                log = self.tmp / f"{name}.log"
-                if log.exists():
-                    print(f"--- {name}.log (last lines)", file=sys.stderr)
-                    print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
+            self.print_logs("agent", lines=30)
             raise
         finally:
-            for name in list(self.procs):
-                if name != "redis":
-                    self.stop(name)
+            self.stop_all(keep=("redis",))
             try:
                 if self.engine is not None:
                     self.engine.purge()
             finally:
                 self.stop("redis")
-                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.remove()
         self.report()
 
     def report(self):

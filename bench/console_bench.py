@@ -29,18 +29,15 @@ import os
 import random
 import re
 import shutil
-import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
-from common import free_port, percentile, stop_process, wait_for
+from common import PanelStack, percentile, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -200,36 +197,16 @@ async def local_keystroke(session, seen: asyncio.Queue, key: int) -> float:
 # --- the run ----------------------------------------------------------------------------------------
 
 
-class Bench:
+class Bench(PanelStack):
     def __init__(self, args):
+        super().__init__("vzpanel-console-bench-")
         self.args = args
-        self.tmp = Path(tempfile.mkdtemp(prefix="vzpanel-console-bench-", dir="/var/tmp"))
-        os.chmod(self.tmp, 0o711)
         self.root = self.tmp / "vz"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.sock = self.tmp / "redis.sock"
-        self.env = {
-            **os.environ,
-            "VZPANEL_STATE": str(self.tmp),
-            "REDIS_URL": f"unix://{self.sock}",
-            "DATABASE_URL": f"sqlite:///{self.tmp / 'bench.sqlite3'}",
-            "VZPANEL_SECRET_KEY": "bench-secret-key-not-for-production",
-            "DJANGO_SETTINGS_MODULE": "vzpanel.settings",
-            "VZ_ROOT": str(self.root),
-        }
-        os.environ.update(self.env)
+        self.env["VZ_ROOT"] = os.environ["VZ_ROOT"] = str(self.root)
         os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # this process sets up rows between its own awaits
         self.ctids: list[int] = []
         self.engine = None
         self.results: dict = {}
-
-    def spawn(self, name, argv):
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def stop_all(self):
-        for proc in reversed(list(self.procs.values())):
-            stop_process(proc)
 
     def setup(self):
         from vzengine import Engine
@@ -239,32 +216,15 @@ class Bench:
         (self.root / "vz.conf").write_text('POOL_SIZE="8G"\n')
         self.engine = Engine(self.root, lock_wait=30)
         self.engine.ensure_ready()
-        self.spawn("redis", ["redis-server", "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
-                             "--save", "", "--appendonly", "no", "--dir", str(self.tmp)])
-        wait_for(self.sock.exists, 10, "redis")
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=self.env, check=True)
-        import django
-
-        django.setup()
+        self.start_database()
         from vzpanel.accounts.models import User
         from vzpanel.nodes.models import Node
         from vzpanel.plans.models import Plan
 
         self.node = Node.local()
         self.user = User.objects.create_user("bench-owner", "", PASSWORD, plan=Plan.objects.create(name="bench"))
-        self.port = free_port()
-        self.spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                           "vzpanel.asgi:application"])
         self.spawn("consoled", [sys.executable, "manage.py", "consoled", "--node", "local"])
-
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(listening, 30, "daphne")
+        self.start_web()
         from vzpanel.console import client
 
         wait_for(lambda: client.ping("local", 0.5), 30, "the console daemon")
@@ -436,16 +396,13 @@ class Bench:
             asyncio.run(self.round_trips())
             asyncio.run(self.capacity())
         except BaseException:
-            for log in ("web.log", "consoled.log"):
-                if (self.tmp / log).exists():
-                    print(f"--- {log} (last lines)", file=sys.stderr)
-                    print("\n".join((self.tmp / log).read_text(errors="replace").splitlines()[-25:]), file=sys.stderr)
+            self.print_logs("web", "consoled")
             raise
         finally:
             self.stop_all()
             if self.engine is not None:
                 self.engine.purge()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.remove()
         self.report()
         out = REPO / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)

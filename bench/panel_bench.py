@@ -14,11 +14,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -26,7 +23,7 @@ import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
-from common import free_port, percentile, stop_process, wait_for
+from common import PanelStack, percentile
 
 REPO = Path(__file__).resolve().parents[1]
 N_VES = 1000
@@ -37,44 +34,15 @@ START_RUNS = 3
 PASSWORD = "bench-Password-1"
 
 
-class Bench:
+class Bench(PanelStack):
     def __init__(self):
-        self.tmp = Path(tempfile.mkdtemp(prefix="vzpanel-bench-", dir="/var/tmp"))
-        os.chmod(self.tmp, 0o711)  # the engine root below it must be reachable by the VEs' mapped root
-        self.procs: list[subprocess.Popen] = []
-        self.sock = self.tmp / "redis.sock"
-        self.env = {
-            **os.environ,
-            "VZPANEL_STATE": str(self.tmp),
-            "REDIS_URL": f"unix://{self.sock}",
-            "DATABASE_URL": f"sqlite:///{self.tmp / 'bench.sqlite3'}",
-            "VZPANEL_SECRET_KEY": "bench-secret-key-not-for-production",
-            "DJANGO_SETTINGS_MODULE": "vzpanel.settings",
-        }
-        os.environ.update(self.env)
+        super().__init__("vzpanel-bench-")
         self.results: dict = {"ves": N_VES, "samples": SAMPLES}
-
-    def spawn(self, argv, log_name, **env):
-        log = open(self.tmp / log_name, "ab")  # noqa: SIM115
-        proc = subprocess.Popen(argv, cwd=REPO, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self):
-        for proc in reversed(self.procs):
-            stop_process(proc, 20)
 
     # -- set-up ---------------------------------------------------------------------------------------
 
     def setup(self):
-        self.spawn(["redis-server", "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
-                    "--save", "", "--appendonly", "no", "--dir", str(self.tmp)], "redis.log")
-        wait_for(self.sock.exists, 10, "redis")
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=self.env, check=True)
-        sys.path.insert(0, str(REPO))
-        import django
-
-        django.setup()
+        self.start_database()
         from vzpanel.accounts.models import APIToken, User
         from vzpanel.nodes.models import Node, Template
         from vzpanel.plans.models import Plan
@@ -92,19 +60,7 @@ class Bench:
             for i in range(N_VES)
         )
         _, self.token = APIToken.issue(self.admin, "bench")
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                    "vzpanel.asgi:application"], "web.log")
-
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(listening, 30, "daphne")
+        self.base = self.start_web()
 
     def session(self):
         jar = CookieJar()
@@ -189,7 +145,7 @@ class Bench:
             engine.create(ctid, "tiny", hostname="bench-start")
             VE.objects.create(ctid=ctid, node=Node.local(), owner=User.objects.get(username="customer0"),
                               hostname="bench-start", ostemplate="tiny", status="stopped")
-            self.spawn([sys.executable, "manage.py", "rqworker", "node:local"], "agent.log", VZ_ROOT=str(root))
+            self.spawn("agent", [sys.executable, "manage.py", "rqworker", "node:local"], VZ_ROOT=str(root))
             panel, engine_only = [], []
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
@@ -240,14 +196,11 @@ class Bench:
             self.api_rps()
             self.click_to_running()
         except BaseException:
-            for log in ("agent.log", "web.log"):
-                if (self.tmp / log).exists():
-                    print(f"--- {log} (last lines)", file=sys.stderr)
-                    print("\n".join((self.tmp / log).read_text(errors="replace").splitlines()[-25:]), file=sys.stderr)
+            self.print_logs("agent", "web")
             raise
         finally:
             self.stop_all()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.remove()
         out = REPO / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
         (out / "panel.json").write_text(json.dumps(self.results, indent=2) + "\n")

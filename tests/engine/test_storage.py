@@ -96,6 +96,7 @@ def test_the_directory_backend_works_without_btrfs(scratch_root):
     private = eng.layout.private(502)
     assert os.lstat(private).st_ino != 256
     eng.start(502, wait_boot=True)
-    assert eng.exec(502, "hostname").stdout.strip() == "plain"
+    r = eng.exec(502, "hostname")
+    assert (r.returncode, r.stdout.strip()) == (0, "plain"), r.stderr
     eng.destroy(502)
     assert not private.exists()
