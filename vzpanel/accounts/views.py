@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -9,6 +10,9 @@ from django.views.decorators.http import require_POST
 from vzpanel.audit import log as audit
 from vzpanel.audit.log import client_ip
 from vzpanel.core.decorators import admin_required
+from vzpanel.ves import services as ve_services
+from vzpanel.ves.models import VE
+from vzpanel.ves.views import report_plan_change
 
 from . import ratelimit
 from .forms import TokenForm, UserCreateForm, UserEditForm
@@ -98,11 +102,22 @@ def user_edit(request, pk):
     user = get_object_or_404(User, pk=pk)
     form = UserEditForm(request.POST or None, instance=user)
     if request.method == "POST" and form.is_valid():
-        form.save()
-        changed = ", ".join(form.changed_data) or "nothing"
-        audit.record("user.update", request=request, detail=f"user {user.username}: {changed}")
+        change = None
+        with transaction.atomic():
+            form.save()
+            changed = ", ".join(form.changed_data) or "nothing"
+            detail = f"user {user.username}: {changed}"
+            if "plan" in form.changed_data:
+                detail += f" (plan now {user.plan or 'none'})"
+            audit.record("user.update", request=request, detail=detail)
+            if "plan" in form.changed_data:  # the new plan's limits for their VEs, live
+                change = ve_services.apply_plans(request.user, [user], request=request)
         messages.success(request, f"User {user.username} saved.")
+        if change is not None:
+            report_plan_change(request, change)
         return redirect("accounts:users")
+    ves = VE.objects.live().filter(owner=user).order_by("ctid") if user.pk else []
     return render(
-        request, "accounts/user_form.html", {"form": form, "edited": user}, status=400 if form.errors else 200
+        request, "accounts/user_form.html", {"form": form, "edited": user, "ves": ves},
+        status=400 if form.errors else 200,
     )

@@ -118,6 +118,14 @@ class VEViewSet(viewsets.ViewSet):
     def set_hostname(self, request, ctid=None):
         return self.act(Task.Action.SET_HOSTNAME, s.HostnameSerializer)
 
+    @extend_schema(request=None, responses={202: s.TaskSerializer},
+                   description="Admins: set the VE's limits to its owner's plan, live (a set_limits task). "
+                               "403 for others who may see the VE; 404 for those who may not.")
+    @action(detail=True, methods=["post"], url_path="apply-plan")
+    def apply_plan(self, request, ctid=None):
+        ve = self.get_ve()  # 404 first: outsiders learn nothing
+        return accepted(services.apply_plan(request.user, ve, request=request))
+
     @extend_schema(responses=s.TaskSerializer(many=True))
     @action(detail=True, methods=["get"])
     def tasks(self, request, ctid=None):

@@ -1,10 +1,13 @@
 from django import forms
 from django.contrib import messages
+from django.db import transaction
 from django.db.models import Count
 from django.shortcuts import get_object_or_404, redirect, render
 
 from vzpanel.audit import log as audit
 from vzpanel.core.decorators import admin_required
+from vzpanel.ves import services as ve_services
+from vzpanel.ves.views import report_plan_change
 
 from .models import Plan
 
@@ -22,6 +25,9 @@ class PlanForm(forms.ModelForm):
         return self.cleaned_data.get("console_mode") or Plan.ConsoleMode.ROOT
 
 
+LIMIT_FIELDS = set(ve_services.LIMIT_KEYS)  # the form fields that are per-VE limits
+
+
 @admin_required
 def plan_list(request):
     plans = Plan.objects.annotate(user_count=Count("users"))
@@ -33,9 +39,19 @@ def plan_edit(request, pk=None):
     plan = get_object_or_404(Plan, pk=pk) if pk else None
     form = PlanForm(request.POST or None, instance=plan)
     if request.method == "POST" and form.is_valid():
-        plan = form.save()
-        audit.record("plan.create" if pk is None else "plan.update", request=request,
-                     detail=f"plan {plan.name}: {', '.join(form.changed_data) or 'nothing'}")
+        change = None
+        with transaction.atomic():
+            plan = form.save()
+            audit.record("plan.create" if pk is None else "plan.update", request=request,
+                         detail=f"plan {plan.name}: {', '.join(form.changed_data) or 'nothing'}")
+            changed = set(form.changed_data)
+            if pk is not None and changed & (LIMIT_FIELDS | {"max_ves"}):
+                # Its users' VEs get the new limits live; users with more VEs than it now allows are named.
+                users = plan.users.select_related("plan").order_by("username")
+                change = ve_services.apply_plans(request.user, users, limits=bool(changed & LIMIT_FIELDS),
+                                                 request=request)
         messages.success(request, f"Plan {plan.name} saved.")
+        if change is not None:
+            report_plan_change(request, change)
         return redirect("plans:list")
     return render(request, "plans/plan_form.html", {"form": form, "plan": plan}, status=400 if form.errors else 200)

@@ -111,6 +111,21 @@ def do_set_hostname(task, progress, eng):
     return eng.set(task.ve.ctid, hostname=task.params["hostname"], progress=progress)
 
 
+def do_set_limits(task, progress, eng):
+    """Set the VE's limits live (all or none: the engine undoes a half-applied change); store them if taken."""
+    ve, limits = task.ve, task.params.get("limits")
+    if not isinstance(limits, dict) or not limits:
+        raise TaskFailed("The task names no limits to set.")
+    if getattr(eng, "is_suspended", None) and eng.is_suspended(ve.ctid):
+        raise TaskFailed(f"VE {ve.ctid} is suspended; its limits can be changed once it runs again.")
+    params = engine_limits(limits)
+    progress(10, "Setting " + ", ".join(f"{name} {value}" for name, value in params.items()))
+    info = eng.set(ve.ctid, save=True, progress=progress, **params)  # refusals raise VZError: the task fails
+    ve.limits = dict(limits)
+    ve.save(update_fields=["limits", "updated_at"])
+    return info
+
+
 def do_destroy(task, progress, eng):
     ve = task.ve
     eng.destroy(ve.ctid, progress=progress)
@@ -127,6 +142,7 @@ HANDLERS = {
     Task.Action.SET_PASSWORD: do_set_password,
     Task.Action.SET_HOSTNAME: do_set_hostname,
     Task.Action.DESTROY: do_destroy,
+    Task.Action.SET_LIMITS: do_set_limits,
 }
 
 

@@ -37,6 +37,7 @@ class Task(models.Model):
         REINSTALL = "reinstall", "reinstall"
         SET_PASSWORD = "set_password", "set root password"
         SET_HOSTNAME = "set_hostname", "set hostname"
+        SET_LIMITS = "set_limits", "set limits"
         DESTROY = "destroy", "destroy"
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)

@@ -1,6 +1,7 @@
 """VE actions, shared by the pages and the API: check, create the Task, enqueue on commit."""
 
 import re
+from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
@@ -36,6 +37,12 @@ class ActionRefused(ServiceError):
     status_code = 409
 
 
+class Forbidden(ServiceError):
+    """The user may see the VE but not do this to it (admins only)."""
+
+    status_code = 403
+
+
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 # Which states each action may start from.
@@ -50,6 +57,14 @@ ALLOWED_FROM = {
     Task.Action.DESTROY: {VE.Status.RUNNING, VE.Status.MISSING, *DOWN},
 }
 BULK_ACTIONS = (Task.Action.START, Task.Action.STOP)
+
+# Setting a VE's limits (its plan's) live: admins only, so not one of request_action's actions.
+SET_LIMITS = Task.Action.SET_LIMITS
+# A stopped VE gets them in its config; a suspended one is left alone: its resume restores the memory it
+# held under the old limits (apply them once it runs again).
+SET_LIMITS_FROM = {VE.Status.RUNNING, VE.Status.STOPPED}
+LIMIT_KEYS = ("ram_mb", "swap_mb", "cpus", "disk_gb", "nproc")
+LIMIT_MINIMUM = {"ram_mb": 16, "swap_mb": 0, "cpus": 1, "disk_gb": 1, "nproc": 16}
 
 
 def clean_hostname(value: str) -> str:
@@ -213,3 +228,127 @@ def bulk_action(user, ves, action: str, *, request=None, ip=None) -> tuple[list[
         except ServiceError as exc:
             skipped.append(exc.message)
     return tasks, skipped
+
+
+# --- limits: a plan's limits onto existing VEs --------------------------------------------------
+
+
+def plan_of(ve: VE):
+    """Return the plan of ve's owner, or None (no owner, or an owner without a plan)."""
+    return ve.owner.plan if ve.owner_id and ve.owner is not None else None
+
+
+def limits_of(ve: VE) -> dict:
+    """Return the limits stored on ve (the ones in effect), one entry per limit, None where unknown."""
+    return {key: (ve.limits or {}).get(key) for key in LIMIT_KEYS}
+
+
+def limits_differ(ve: VE, plan=None) -> bool:
+    """Whether ve's limits are not those of plan (default: its owner's plan); False without a plan."""
+    plan = plan if plan is not None else plan_of(ve)
+    return plan is not None and limits_of(ve) != plan.limits()
+
+
+def describe_limits(limits: dict) -> str:
+    return (f"{limits.get('ram_mb')} MB RAM, {limits.get('swap_mb')} MB swap, {limits.get('cpus')} CPU(s), "
+            f"{limits.get('disk_gb')} GB disk, {limits.get('nproc')} processes")
+
+
+def clean_limits(limits) -> dict:
+    """Return limits with every key of a plan as a whole number, or raise InvalidRequest saying what is wrong."""
+    if not isinstance(limits, dict):
+        raise InvalidRequest("Limits are RAM, swap, CPUs, disk and processes.")
+    unknown = sorted(set(limits) - set(LIMIT_KEYS))
+    if unknown:
+        raise InvalidRequest(f"Unknown limit(s): {', '.join(unknown)} (known: {', '.join(LIMIT_KEYS)}).")
+    out = {}
+    for key in LIMIT_KEYS:
+        value = limits.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < LIMIT_MINIMUM[key]:
+            raise InvalidRequest(f"The limit {key} must be a whole number of at least {LIMIT_MINIMUM[key]} "
+                                 f"(got {value!r}).")
+        out[key] = value
+    return out
+
+
+def set_limits(user, ve: VE, limits: dict, *, why: str = "", request=None, ip=None) -> Task:
+    """Queue setting ve's limits live (admins only); return the Task.
+
+    The job stores them on ve.limits only when the engine took them. A set-limits task of ve still waiting
+    in the queue takes the new limits instead of a second task (one active task per VE).
+    """
+    if not user.is_panel_admin:
+        raise Forbidden("Only admins can change a VE's limits.")
+    limits = clean_limits(limits)
+    if ve.status not in SET_LIMITS_FROM:
+        raise ActionRefused(f"VE {ve.ctid} is {ve.status}; its limits can be changed when it is running or "
+                            "stopped (use Apply plan limits on its page then).")
+    params = {"limits": limits, "why": why}
+    detail = f"{describe_limits(limits)}" + (f" ({why})" if why else "")
+    with transaction.atomic():
+        queued = ve.tasks.filter(action=SET_LIMITS, status=Task.Status.QUEUED).first()
+        # Conditional on still queued: the agent's claim is the same kind of update, so one of them wins.
+        if queued is not None and Task.objects.filter(pk=queued.pk, status=Task.Status.QUEUED).update(params=params):
+            queued.params = params
+            audit.record(f"ve.{SET_LIMITS}", user=user, request=request, ve=ve, task=queued, result="queued",
+                         detail=f"queued task {queued.pk} now sets {detail}")
+            return queued
+        task = _new_task(user, ve, SET_LIMITS, params, ip, detail, request)
+        queue.enqueue_on_commit(task)
+    return task
+
+
+def apply_plan(user, ve: VE, *, request=None, ip=None) -> Task:
+    """Queue setting ve's limits to its owner's plan's, live (admins only); return the Task."""
+    if not user.is_panel_admin:
+        raise Forbidden("Only admins can apply plan limits.")
+    plan = plan_of(ve)
+    if plan is None:
+        who = f"its owner {ve.owner.get_username()} has no plan" if ve.owner_id else "it has no owner"
+        raise InvalidRequest(f"VE {ve.ctid} has no plan limits to apply: {who}.")
+    return set_limits(user, ve, plan.limits(), why=f"plan {plan.name}", request=request, ip=ip)
+
+
+@dataclass
+class PlanChange:
+    """What applying plans to users' VEs did, for the admin who changed the plan."""
+
+    tasks: list = field(default_factory=list)  # set-limits tasks queued (or queued ones updated)
+    unchanged: int = 0  # VEs that already had their plan's limits
+    skipped: list = field(default_factory=list)  # why some VEs got no task
+    over_quota: list = field(default_factory=list)  # users with more VEs than their plan allows
+
+
+def apply_plans(user, owners, *, limits: bool = True, request=None, ip=None) -> PlanChange:
+    """Queue each live VE of owners whose limits differ from its owner's plan; note owners over their plan.
+
+    Nothing is destroyed: an owner with more VEs than the plan allows is only reported. With limits=False,
+    only that count is checked (a plan edit that changed how many VEs it allows but no limit).
+    """
+    change = PlanChange()
+    for owner in owners:
+        plan = owner.plan
+        ves = list(VE.objects.live().filter(owner=owner).select_related("owner", "node").order_by("ctid"))
+        if plan is None:
+            if ves and limits:
+                change.skipped.append(f"{owner.get_username()} has no plan now: their {len(ves)} VE(s) keep "
+                                      "the limits they have.")
+            continue
+        if len(ves) > plan.max_ves:
+            change.over_quota.append(
+                f"{owner.get_username()} has {len(ves)} VEs but plan {plan.name} allows {plan.max_ves}. Nothing "
+                f"was destroyed; they can create VEs again once they have fewer than {plan.max_ves}."
+            )
+        if not limits:
+            continue
+        for ve in ves:
+            ve.owner = owner  # the plan just saved, not a cached copy
+            if not limits_differ(ve, plan):
+                change.unchanged += 1
+                continue
+            try:
+                change.tasks.append(set_limits(user, ve, plan.limits(), why=f"plan {plan.name}",
+                                               request=request, ip=ip))
+            except ServiceError as exc:
+                change.skipped.append(exc.message)
+    return change

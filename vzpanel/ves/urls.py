@@ -10,6 +10,7 @@ urlpatterns = [
     path("<int:ctid>/", views.ve_detail, name="detail"),
     path("<int:ctid>/status/", views.ve_status, name="status"),
     path("<int:ctid>/console/", views.ve_console, name="console"),
+    path("<int:ctid>/apply-plan/", views.ve_apply_plan, name="apply-plan"),
     path(
         "<int:ctid>/<str:action>/",
         views.ve_action,

@@ -2,8 +2,10 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Exists, OuterRef
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
@@ -69,9 +71,24 @@ def detail_context(request, ve, **forms):
         "reinstall_form": ReinstallForm(ve=ve),
         "destroy_form": DestroyForm(ve=ve),
         "allowed": {a: ve.status in s for a, s in services.ALLOWED_FROM.items()},
+        **limits_context(ve),
     }
     context.update(forms)
     return context
+
+
+def limits_context(ve) -> dict:
+    """The VE's limits in effect, its owner's plan, and whether they differ (and why, if a change failed)."""
+    plan = services.plan_of(ve)
+    differ = services.limits_differ(ve, plan)
+    last = ve.tasks.filter(action=services.SET_LIMITS).only("pk", "status", "error").first() if differ else None
+    return {
+        "limits": services.limits_of(ve) if ve.limits else None,
+        "plan": plan,
+        "limits_differ": differ,
+        "limits_failed": last if last is not None and last.status in ("failed", "errored") else None,
+        "can_set_limits": ve.status in services.SET_LIMITS_FROM,
+    }
 
 
 @login_required
@@ -133,6 +150,44 @@ def ve_action(request, ctid, action):
         return redirect("tasks:detail", task.pk)
     messages.success(request, f"{task.get_action_display().capitalize()} of VE {ve.ctid} queued (task {task.pk}).")
     return redirect("ves:detail", ve.ctid)
+
+
+@login_required
+@require_POST
+def ve_apply_plan(request, ctid):
+    """Admins: queue setting the VE's limits to its owner's plan, live."""
+    ve = get_ve_or_404(request.user, ctid)
+    if not request.user.is_panel_admin:
+        raise Http404("Not found.")  # like every admin page
+    try:
+        task = services.apply_plan(request.user, ve, request=request)
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"The limits of plan {ve.owner.plan.name} are being applied to VE {ve.ctid} "
+                                  f"(task {task.pk}).")
+    return redirect("ves:detail", ve.ctid)
+
+
+TASK_LINKS = 20
+
+
+def report_plan_change(request, change: services.PlanChange) -> None:
+    """Tell the admin what a plan change did to VEs: tasks queued (with links), VEs skipped, users over quota."""
+    if change.tasks:
+        shown = change.tasks[:TASK_LINKS]
+        links = format_html_join(", ", '<a href="{}">task {}</a> (VE {})',
+                                 ((reverse("tasks:detail", args=[t.pk]), t.pk, t.ve.ctid) for t in shown))
+        more = f" and {len(change.tasks) - TASK_LINKS} more" if len(change.tasks) > TASK_LINKS else ""
+        messages.info(request, format_html("Plan limits are being applied to {} VE(s), live: {}{}.",
+                                           len(change.tasks), links, more))
+    if change.unchanged:
+        messages.info(request, f"{change.unchanged} VE(s) already had these limits.")
+    if change.skipped:
+        messages.warning(request, "Not updated: " + " ".join(change.skipped[:10])
+                         + (" …" if len(change.skipped) > 10 else ""))
+    for line in change.over_quota:
+        messages.warning(request, line)
 
 
 @admin_required
