@@ -19,6 +19,7 @@ PAGE_POSTS = [
     ("/ves/{ctid}/set_password/", {"root_password": "s3cret-pass", "confirm": "s3cret-pass"}),
     ("/ves/{ctid}/set_hostname/", {"hostname": "stolen"}),
     ("/ves/{ctid}/destroy/", {"confirm": "{ctid}"}),
+    ("/ves/{ctid}/apply-plan/", {}),
 ]
 API_CALLS = [
     ("get", "/api/ves/{ctid}/", None),
@@ -29,6 +30,7 @@ API_CALLS = [
     ("post", "/api/ves/{ctid}/reinstall/", {"ostemplate": "tiny"}),
     ("post", "/api/ves/{ctid}/set-password/", {"root_password": "s3cret-pass"}),
     ("post", "/api/ves/{ctid}/set-hostname/", {"hostname": "stolen"}),
+    ("post", "/api/ves/{ctid}/apply-plan/", {}),
     ("delete", "/api/ves/{ctid}/", None),
 ]
 TASK_PAGES = [("get", "/tasks/{task}/"), ("get", "/tasks/{task}/panel/"), ("post", "/tasks/{task}/cancel/")]
