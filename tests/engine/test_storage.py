@@ -97,6 +97,7 @@ def test_the_directory_backend_works_without_btrfs(scratch_root):
     assert os.lstat(private).st_ino != 256
     eng.start(502, wait_boot=True)
     r = eng.exec(502, "hostname")
-    assert (r.returncode, r.stdout.strip()) == (0, "plain"), r.stderr
+    log = eng.layout.logdir / "502.lxc.log"
+    assert (r.returncode, r.stdout.strip()) == (0, "plain"), (r.stderr, log.read_text() if log.exists() else "")
     eng.destroy(502)
     assert not private.exists()
