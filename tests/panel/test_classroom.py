@@ -247,3 +247,201 @@ def test_the_teachers_pages_render_and_settings_change(client_for, teacher, cour
     assert course.sessions.get().after == "suspend" and course.memberships.filter(role="assistant").count() == 1
     response = c.post(f"/classes/{course.pk}/end/", {"archive": "on", "confirm": "not the name"})
     assert response.status_code == 400 and course.status == "active"
+
+
+# --- one student in, one student out ------------------------------------------------------------------
+
+def test_only_the_teacher_and_admins_may_remove_a_student(client_for, classes, teacher, course, other_teacher,
+                                                          admin):
+    from vzpanel.audit.models import AuditEntry
+
+    helper = make_user("hal-helper", "teacher")
+    services.add_assistant(teacher, course, "hal-helper")
+    bob = classes["bob@example.edu"]
+    path = f"/classes/{course.pk}/students/{bob.pk}/remove/"
+    for who in (classes["amy@example.edu"].user, bob.user, helper, other_teacher):
+        c = client_for(who)
+        assert c.get(path).status_code == 404, who
+        assert c.post(path, {"confirm": "on", "archive": "on"}).status_code == 404, who
+    assert b"Remove" not in client_for(helper).get(f"/classes/{course.pk}/").content.split(b'id="students"')[1]
+    # a student of another course is not found through this one
+    cid = classes["cid@example.edu"]
+    assert client_for(teacher).post(f"/classes/{course.pk}/students/{cid.pk}/remove/",
+                                     {"confirm": "on"}).status_code == 404
+    assert Membership.objects.filter(pk__in=[bob.pk, cid.pk]).count() == 2
+    assert not Task.objects.exists() and not AuditEntry.objects.filter(action__startswith="class.remove").exists()
+    # the teacher sees the link and the confirmation page; without the box ticked nothing happens
+    assert f'href="{path}"'.encode() in client_for(teacher).get(f"/classes/{course.pk}/").content
+    page = client_for(teacher).get(path)
+    assert page.status_code == 200 and b"VE 302 is backed up" in page.content
+    assert client_for(admin).post(path, {"archive": "on"}).status_code == 400
+    assert Membership.objects.filter(pk=bob.pk).exists() and not Task.objects.exists()
+
+
+def test_removing_a_student_queues_the_archive_of_their_ve_under_a_parent(client_for, classes, teacher, course,
+                                                                          django_capture_on_commit_callbacks):
+    from vzpanel.audit.models import AuditEntry
+
+    bob = classes["bob@example.edu"]
+    c = client_for(teacher)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = c.post(f"/classes/{course.pk}/students/{bob.pk}/remove/", {"confirm": "on"})
+    assert response.status_code == 302
+    parent = Task.objects.get(action="class.remove")
+    child = parent.children.get()
+    assert (child.action, child.ve.ctid, child.params["backup"], child.params["membership"]) == (
+        "archive", 302, False, bob.pk)
+    assert parent.rq_job_id and child.rq_job_id == parent.rq_job_id  # the sweeper can find their job
+    entry = AuditEntry.objects.get(action="class.remove")
+    assert entry.user == teacher and "bob@example.edu" in entry.detail and "without a backup" in entry.detail
+    # they stay until their VE is gone (the node agent closes the parent); a second removal is refused meanwhile
+    assert Membership.objects.filter(pk=bob.pk).exists()
+    again = c.post(f"/classes/{course.pk}/students/{bob.pk}/remove/", {"confirm": "on"})
+    assert again.status_code == 400 and b"busy" in again.content
+    assert Task.objects.count() == 2
+
+
+def test_a_student_without_a_ve_leaves_at_once_and_only_a_course_made_account_is_deleted(client_for, teacher,
+                                                                                           course, other_course):
+    made = make_user("new@example.edu", "student", teacher=teacher)
+    linked = make_user("old@example.edu", "student", teacher=teacher)
+    twice = make_user("two@example.edu", "student", teacher=teacher)
+    rows = {u.username: Membership.objects.create(course=course, user=u, created_account=u != linked)
+            for u in (made, linked, twice)}
+    Membership.objects.create(course=other_course, user=twice)
+    c = client_for(teacher)
+    page = c.get(f"/classes/{course.pk}/students/{rows['new@example.edu'].pk}/remove/")
+    assert b"is deleted" in page.content and b"no VE" in page.content
+    for username in rows:
+        assert c.post(f"/classes/{course.pk}/students/{rows[username].pk}/remove/", {"confirm": "on"}).status_code == 302
+    assert not course.students().exists() and not Task.objects.exists()
+    assert set(User.objects.filter(username__in=rows).values_list("username", flat=True)) == {
+        "old@example.edu", "two@example.edu"}
+    assert Membership.objects.filter(course=other_course, user=twice).exists()
+
+
+def test_a_teacher_adds_one_student_by_hand_with_the_rosters_checks(client_for, teacher, course, other_teacher):
+    make_user("olly-other", "student", teacher=other_teacher)
+    c = client_for(teacher)
+    assert b'id="add-student"' in c.get(f"/classes/{course.pk}/roster/").content
+    users = User.objects.count()
+    for data, problem in (({"name": "Alan", "login": "alan@example"}, b"not a valid e-mail address"),
+                          ({"name": "Olly", "login": "olly-other"}, b"another teacher"),
+                          ({"name": "Bad", "login": "bad@example.edu", "group": "<b>"}, b"is not valid"),
+                          ({"name": "Nobody", "login": ""}, b"This field is required")):
+        response = c.post(f"/classes/{course.pk}/students/add/", data)
+        assert response.status_code == 400 and problem in response.content, data
+        assert b"Line 2" not in response.content
+    assert User.objects.count() == users and not course.memberships.exists()
+    # no golden image problem here: the VE is not built because no box is ticked
+    response = c.post(f"/classes/{course.pk}/students/add/", {"name": "Ada Lovelace", "login": "Ada@Example.edu",
+                                                              "group": "mon"})
+    assert response.status_code == 302
+    m = course.students().select_related("user").get()
+    assert (m.user.username, m.display_name, m.group, m.created_account) == ("ada@example.edu", "Ada Lovelace",
+                                                                             "mon", True)
+    assert m.user.teacher == teacher and not m.user.has_usable_password() and not Task.objects.exists()
+    student = make_user("sid@example.edu", "student", teacher=teacher)
+    assert client_for(student).post(f"/classes/{course.pk}/students/add/", {"login": "x@example.edu"}).status_code == 404
+    # with "build their VE now" it is provisioned like the rest of the class
+    response = c.post(f"/classes/{course.pk}/students/add/", {"login": "sid@example.edu", "provision": "on"})
+    assert response.status_code == 302
+    sid = course.students().get(user=student)
+    assert not sid.created_account and Task.objects.get(action="create").ve == sid.ve
+
+
+# --- the end date passes ---------------------------------------------------------------------------------
+
+def test_after_its_end_date_a_course_closes_students_cannot_start_and_the_teacher_reopens_it(
+        client_for, api_for, classes, teacher, course, node, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    amy, bob = classes["amy@example.edu"], classes["bob@example.edu"]
+    VE.objects.filter(pk=bob.ve_id).update(status="stopped")
+    today = timezone.localdate()
+    course.ends_on = today
+    course.save()
+    assert services.close_course(course, today=today) is None  # its last day: still on
+    course.refresh_from_db()
+    assert course.is_active
+    with django_capture_on_commit_callbacks(execute=True):
+        task = services.close_course(course, today=today + timedelta(days=1))
+    course.refresh_from_db()
+    assert course.status == "ending" and course.is_closed and course.closed_at is not None
+    assert (task.action, task.ve.ctid, task.params["why"]) == ("stop", 301, "ended")  # only the running one
+    task.refresh_from_db()
+    assert task.rq_job_id
+    assert Course.objects.get(pk=classes["cid@example.edu"].course_id).is_active  # the other course goes on
+    # nothing was removed; the student is told, and cannot start the VE from any page or the API
+    assert VE.objects.live().count() == 3 and course.students().count() == 2
+    sc = client_for(bob.user)
+    page = sc.get(f"/classes/{course.pk}/").content.decode()
+    assert 'id="course-ended"' in page and "Open console" not in page and "Reset my VE" not in page
+    response = sc.post("/ves/302/start/", follow=True)
+    assert b"This course ended on" in response.content
+    assert api_for(bob.user).post("/api/ves/302/start/").status_code == 409
+    assert sc.post(f"/classes/{course.pk}/reset/{bob.pk}/", {"confirm": "on"}).status_code == 302
+    assert not Task.objects.filter(ve__ctid=302).exists()
+    # the teacher sees why, may still start a VE to look at it, and cannot extend to a past date
+    tc = client_for(teacher)
+    assert b'id="course-closed"' in tc.get(f"/classes/{course.pk}/").content
+    assert tc.post("/ves/302/start/").status_code == 302 and Task.objects.filter(ve__ctid=302, action="start").exists()
+    Task.objects.filter(ve__ctid=302).delete()
+    response = tc.post(f"/classes/{course.pk}/extend/", {"ends_on": (today - timedelta(days=1)).isoformat()},
+                       follow=True)
+    assert b"To re-open the course" in response.content
+    course.refresh_from_db()
+    assert course.is_closed
+    # extending re-opens it: the student may start their VE again
+    assert tc.post(f"/classes/{course.pk}/extend/", {"ends_on": (today + timedelta(days=7)).isoformat()}
+                   ).status_code == 302
+    course.refresh_from_db()
+    assert course.is_active and course.closed_at is None and course.ends_on == today + timedelta(days=7)
+    assert sc.post("/ves/302/start/").status_code == 302 and Task.objects.filter(ve__ctid=302, action="start").exists()
+    assert amy.user.pk  # amy's VE stays as the stop task leaves it
+
+
+def test_a_closed_course_can_still_be_archived(client_for, classes, teacher, course):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    VE.objects.filter(pk__in=[m.ve_id for m in classes.values()]).update(status="stopped")
+    course.ends_on = timezone.localdate() - timedelta(days=3)
+    course.save()
+    assert services.close_course(course) is None  # nothing ran: no stop task, but it closes
+    course.refresh_from_db()
+    assert course.is_closed
+    response = client_for(teacher).post(f"/classes/{course.pk}/end/", {"archive": "on", "confirm": course.name})
+    assert response.status_code == 302
+    course.refresh_from_db()
+    assert course.status == "ending" and not course.is_closed  # archiving now: extend no longer re-opens it
+    assert Task.objects.get(action="class.end").children.count() == 2
+    with pytest.raises(services.ActionRefused):
+        services.extend_course(teacher, course, timezone.localdate() + timedelta(days=30))
+
+
+# --- the read-only API ----------------------------------------------------------------------------------
+def test_the_api_lists_courses_and_memberships_with_the_pages_visibility(api_for, classes, teacher, course,
+                                                                         other_course, admin, outsider):
+    amy, bob = classes["amy@example.edu"], classes["bob@example.edu"]
+    body = api_for(teacher).get("/api/classes/").json()
+    assert [c["name"] for c in body["results"]] == [course.name]
+    assert body["results"][0]["students"] == 2 and body["results"][0]["state"] == "active"
+    detail = api_for(teacher).get(f"/api/classes/{course.pk}/").json()
+    assert {(m["username"], m["ve"], m["ve_status"]) for m in detail["memberships"]} == {
+        ("amy@example.edu", 301, "running"), ("bob@example.edu", 302, "running")}
+    assert {c["name"] for c in api_for(admin).get("/api/classes/").json()["results"]} == {course.name,
+                                                                                           other_course.name}
+    mine = api_for(amy.user).get(f"/api/classes/{course.pk}/").json()
+    assert [m["username"] for m in mine["memberships"]] == ["amy@example.edu"]
+    for who, pk in ((amy.user, other_course.pk), (teacher, other_course.pk), (outsider, course.pk),
+                    (bob.user, 99999)):
+        assert api_for(who).get(f"/api/classes/{pk}/").status_code == 404, (who, pk)
+    assert api_for(outsider).get("/api/classes/").json()["results"] == []
+    assert api_for(teacher).post("/api/classes/", {"name": "x"}).status_code == 405
+    from rest_framework.test import APIClient
+
+    assert APIClient().get("/api/classes/").status_code in (401, 403)

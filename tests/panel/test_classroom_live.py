@@ -246,3 +246,63 @@ def test_idle_ves_sleep_the_console_wakes_them_the_schedule_runs_and_the_course_
     assert not engine.exists(ve1.ctid) and not engine.exists(ve2.ctid)
     assert VE.objects.filter(pk__in=[ve1.pk, ve2.pk], status="destroyed").count() == 2
     assert not User.objects.filter(pk__in=users).exists()
+
+
+def test_students_are_removed_one_by_one_and_the_course_closes_itself_at_its_end_date(class_agent, clean_engine,
+                                                                                       teacher, node, client_for):
+    engine = clean_engine
+    course = services.create_course(teacher, name="Short lab", ostemplate="tiny", ssh_access=False)
+    services.import_roster(teacher, course, roster_csv(3, "short").encode())
+    m0, m1, m2 = course.students().select_related("user").order_by("user__username")
+    other = services.create_course(teacher, name="Other lab", ostemplate="tiny")
+    Membership.objects.create(course=other, user=m1.user)  # in another course too: their account stays
+    assert wait_done(services.provision(teacher, course)).status == "completed"
+    for m in (m0, m1, m2):
+        m.refresh_from_db()
+        assert engine.is_running(m.ve.ctid)
+    names = [m.user.username for m in (m0, m1)]
+    tc = client_for(teacher)
+
+    # One with a backup (their account was made for the course: it goes), one without (it stays).
+    assert tc.post(f"/classes/{course.pk}/students/{m0.pk}/remove/", {"archive": "on", "confirm": "on"}
+                   ).status_code == 302
+    removal = wait_done(Task.objects.get(action="class.remove"))
+    assert removal.status == "completed", removal.error
+    assert tc.post(f"/classes/{course.pk}/students/{m1.pk}/remove/", {"confirm": "on"}).status_code == 302
+    removal = wait_done(Task.objects.filter(action="class.remove").latest("id"))
+    assert removal.status == "completed", removal.error
+    assert not engine.exists(m0.ve.ctid) and not engine.exists(m1.ve.ctid) and engine.is_running(m2.ve.ctid)
+    assert VE.objects.filter(pk__in=[m0.ve_id, m1.ve_id], status="destroyed").count() == 2
+    assert not User.objects.filter(pk=m0.user_id).exists()
+    assert User.objects.filter(pk=m1.user_id).exists() and Membership.objects.filter(course=other, user=m1.user).exists()
+    assert list(course.students().values_list("pk", flat=True)) == [m2.pk]
+    course.refresh_from_db()
+    backups = {a["student"]: a["backup"] for a in course.archive}
+    assert set(backups) == set(names) and backups[names[1]] is None
+    assert Path(backups[names[0]]).is_file()
+    Path(backups[names[0]]).unlink()
+
+    # The end date passes: the tick stops the class and closes it; nothing is removed.
+    Course.objects.filter(pk=course.pk).update(ends_on=timezone.localdate() - timedelta(days=1))
+    assert tick()["closed"] == 1
+    stop = wait_done(Task.objects.get(action="stop", ve=m2.ve))
+    assert stop.status == "completed", stop.error
+    assert not engine.is_running(m2.ve.ctid) and engine.exists(m2.ve.ctid)
+    course.refresh_from_db()
+    assert course.is_closed and tick()["closed"] == 0
+    student = Client()
+    student.force_login(m2.user)
+    assert b"This course has ended" in student.get(f"/classes/{course.pk}/").content
+    assert b"This course ended on" in student.post(f"/ves/{m2.ve.ctid}/start/", follow=True).content
+    assert services.wake_for_console(m2.user, m2.ve) is None
+    assert not Task.objects.filter(ve=m2.ve, action__in=["start", "resume"]).exists()
+
+    # The teacher extends it: it is open again and the student starts their VE.
+    assert tc.post(f"/classes/{course.pk}/extend/",
+                   {"ends_on": (timezone.localdate() + timedelta(days=7)).isoformat()}).status_code == 302
+    course.refresh_from_db()
+    assert course.is_active
+    assert student.post(f"/ves/{m2.ve.ctid}/start/").status_code == 302
+    start = wait_done(Task.objects.get(ve=m2.ve, action="start"))
+    assert start.status == "completed", start.error
+    assert engine.is_running(m2.ve.ctid)

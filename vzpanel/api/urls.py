@@ -2,6 +2,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
+from vzpanel.classroom.api import CourseViewSet
+
 from . import views
 
 router = DefaultRouter()
@@ -9,6 +11,7 @@ router.register("ves", views.VEViewSet, basename="ve")
 router.register("tasks", views.TaskViewSet, basename="task")
 router.register("templates", views.TemplateViewSet, basename="template")
 router.register("audit", views.AuditViewSet, basename="audit")
+router.register("classes", CourseViewSet, basename="class")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -42,7 +42,9 @@ class CourseForm(forms.ModelForm):
         self.user = user
         self.fields["plan"].queryset = Plan.objects.all()
         self.fields["plan"].help_text = "The resources of each student's VE."
-        self.fields["ends_on"].help_text = "Shown on the dashboard; ending the course is a button, never automatic."
+        self.fields["ends_on"].help_text = ("The day after it, the students' VEs are stopped and they cannot start "
+                                            "them; nothing is removed until you archive the class, and extending "
+                                            "re-opens it.")
         if creating:
             self.fields["image"].choices = (
                 [(f"template:{v}", f"Template {label}") for v, label in template_choices(Node.local())]
@@ -145,3 +147,15 @@ class EndForm(forms.Form):
 class ResetOwnForm(forms.Form):
     keep_work = forms.BooleanField(required=False, initial=True, label="Keep my current files as a snapshot")
     confirm = forms.BooleanField(label="I understand my VE gets a fresh copy of the course image")
+
+
+class RemoveStudentForm(forms.Form):
+    archive = forms.BooleanField(required=False, initial=True, label="Back up their VE first")
+    confirm = forms.BooleanField(label="Remove this student from the course and destroy their VE")
+
+
+class AddStudentForm(forms.Form):
+    name = forms.CharField(max_length=150, required=False, label="Name")
+    login = forms.CharField(max_length=254, label="E-mail or user name")
+    group = forms.CharField(max_length=64, required=False, label="Group")
+    provision = forms.BooleanField(required=False, initial=True, label="Build their VE now")

@@ -418,8 +418,6 @@ HANDLERS = {
 
 def course_ended(parent: Task, latest: list[Task]) -> None:
     """Record the backups, remove the accounts made for the course and its golden images."""
-    from django.contrib.auth import get_user_model
-
     course = Course.objects.get(pk=parent.params["course"])
     archive = list(course.archive)
     ok_members = set()
@@ -427,23 +425,33 @@ def course_ended(parent: Task, latest: list[Task]) -> None:
         if child.status == Task.Status.COMPLETED:
             ok_members.add(child.params.get("membership"))
             m = Membership.objects.filter(pk=child.params.get("membership")).select_related("user").first()
-            archive.append({"student": m.user.get_username() if m else "", "name": m.name if m else "",
-                            "ctid": child.ve.ctid, "backup": (child.result or {}).get("backup")})
+            archive.append(services.archive_entry(m, child.ve.ctid, (child.result or {}).get("backup")))
     students = course.students().select_related("user", "ve")
     remaining = [m for m in students if m.pk not in ok_members and m.live_ve is not None]
     gone = [m for m in students if m.pk in ok_members or m.live_ve is None]
-    User = get_user_model()
-    others = set(Membership.objects.filter(user__in=[m.user_id for m in gone]).exclude(course=course)
-                 .values_list("user_id", flat=True))
-    doomed = [m.user_id for m in gone if m.created_account and m.user_id not in others]
     with transaction.atomic():
         Course.objects.filter(pk=course.pk).update(archive=archive)
-        Membership.objects.filter(pk__in=[m.pk for m in gone]).delete()
-        User.objects.filter(pk__in=doomed, role=User.Role.STUDENT).delete()
+        services.leave_course(course, gone)
         if not remaining:
             Course.objects.filter(pk=course.pk).update(status=Course.Status.ENDED, ended_at=timezone.now())
     if not remaining:
         remove_course_images(course)
+
+
+def student_removed(parent: Task, latest: list[Task]) -> None:
+    """One student's VE was backed up and destroyed (class.remove): record the backup, take them out."""
+    course = Course.objects.get(pk=parent.params["course"])
+    for child in latest:
+        if child.status != Task.Status.COMPLETED:
+            continue  # it stays on the dashboard with its error and Retry
+        m = Membership.objects.filter(pk=child.params.get("membership")).select_related("user").first()
+        with transaction.atomic():
+            course = Course.objects.select_for_update().get(pk=course.pk)
+            course.archive = [*course.archive, services.archive_entry(m, child.ve.ctid,
+                                                                      (child.result or {}).get("backup"))]
+            course.save(update_fields=["archive"])
+            if m is not None:
+                services.leave_course(course, [m])
 
 
 def remove_course_images(course: Course) -> None:
@@ -459,7 +467,7 @@ def remove_course_images(course: Course) -> None:
         Template.objects.filter(node=course.node, name=name).delete()
 
 
-PARENT_DONE = {services.PARENT[services.ARCHIVE]: course_ended}
+PARENT_DONE = {services.PARENT[services.ARCHIVE]: course_ended, services.REMOVE_STUDENT: student_removed}
 
 
 # --- the classroom tick: usage, lab schedule, idle policy ------------------------------------------
@@ -521,8 +529,18 @@ def tick(node_name: str | None = None, now=None) -> dict:
     node = Node.local() if node_name is None else Node.objects.get_or_create(name=node_name)[0]
     now = now or timezone.now()
     eng = task_jobs.engine()
-    counts = {"sampled": 0, "session_start": 0, "session_end": 0, "idle": 0}
-    courses = list(Course.objects.filter(node=node, status=Course.Status.ACTIVE))
+    counts = {"sampled": 0, "session_start": 0, "session_end": 0, "idle": 0, "closed": 0}
+    courses = []
+    today = timezone.localdate(now)
+    for course in Course.objects.filter(node=node, status=Course.Status.ACTIVE):
+        if course.ends_on is not None and course.ends_on < today:
+            try:
+                services.close_course(course, today=today)
+                counts["closed"] += 1
+            except Exception:
+                log.exception("closing course %s at its end date", course.pk)
+            continue
+        courses.append(course)
     infos = {info.ctid: info for info in eng.list()}
     members = list(Membership.objects.filter(course__in=courses, role=Membership.Role.STUDENT, ve__isnull=False)
                    .exclude(ve__status=VE.Status.DESTROYED).select_related("ve", "course", "user"))

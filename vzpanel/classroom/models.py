@@ -62,6 +62,10 @@ class Course(models.Model):
     archive = models.JSONField(default=list, blank=True, help_text="backups written when the course ended")
     created_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # Set when the end date passed and the classroom tick closed the course (status `ending`): the students'
+    # VEs were stopped and stay, students cannot start them; the teacher extends (re-opens) or archives.
+    closed_at = models.DateTimeField(null=True, blank=True,
+                                     help_text="when the course closed itself because its end date passed")
 
     objects = CourseQuerySet.as_manager()
 
@@ -74,6 +78,17 @@ class Course(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    @property
+    def is_closed(self) -> bool:
+        """Its end date passed: VEs stopped but kept; the teacher may extend (re-open) it or archive it."""
+        return self.status == self.Status.ENDING and self.closed_at is not None
+
+    @property
+    def state_label(self) -> str:
+        if self.is_closed:
+            return "ended (end date passed)"
+        return self.get_status_display()
 
     def image_label(self) -> str:
         if self.image_kind == self.ImageKind.VE:

@@ -26,12 +26,14 @@ from .access import (
     visible_courses,
 )
 from .forms import (
+    AddStudentForm,
     AssistantForm,
     ClassActionForm,
     CourseForm,
     EndForm,
     ExtendForm,
     ImageForm,
+    RemoveStudentForm,
     ResetOwnForm,
     RosterForm,
     SessionForm,
@@ -224,7 +226,65 @@ def roster(request, pk):
             messages.success(request, f"Roster imported: {result.created} new account(s), {result.linked} existing "
                                       f"account(s) linked, {result.already} already enrolled.")
             return redirect("classroom:detail", course.pk)
-    return render(request, "classroom/roster.html", {"course": course, "form": form, "errors": errors},
+    return render(request, "classroom/roster.html", {"course": course, "form": form, "errors": errors,
+                                                     "add_form": AddStudentForm()},
+                  status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def student_add(request, pk):
+    """Enrol one student by hand (the roster's checks), and build their VE if asked."""
+    course = get_course_or_404(request.user, pk)
+    require_manage(request.user, course)
+    form = AddStudentForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            m = services.add_student(request.user, course, name=data["name"], login=data["login"],
+                                     group=data["group"], request=request)
+        except services.ServiceError as exc:
+            form.add_error(None, exc.message)
+        else:
+            message = f"{m.name} ({m.user.get_username()}) is in the course."
+            if data["provision"] and m.live_ve is None:
+                try:
+                    task = services.provision(request.user, course, [m], request=request)
+                    message += f" Building their VE (task {task.pk})."
+                except services.ServiceError as exc:
+                    messages.warning(request, f"Their VE was not built: {exc.message}")
+            messages.success(request, message)
+            return redirect("classroom:detail", course.pk)
+    return render(request, "classroom/roster.html", {"course": course, "form": RosterForm(), "errors": [],
+                                                     "add_form": form}, status=400)
+
+
+@login_required
+def student_remove(request, pk, member):
+    """Remove one student (after confirmation): back up and destroy their VE, then their account or enrolment."""
+    course = get_course_or_404(request.user, pk)
+    require_manage(request.user, course)
+    membership = get_object_or_404(Membership.objects.select_related("user", "ve"), pk=member, course=course,
+                                   role=Membership.Role.STUDENT)
+    form = RemoveStudentForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            task = services.remove_student(request.user, course, membership, archive=form.cleaned_data["archive"],
+                                           request=request)
+        except services.ServiceError as exc:
+            form.add_error(None, exc.message)
+        else:
+            if task is None:
+                messages.success(request, f"{membership.name} was removed from the course.")
+            else:
+                messages.success(request, f"Removing {membership.name} (task {task.pk}): their VE is "
+                                          f"{'backed up and ' if form.cleaned_data['archive'] else ''}destroyed, "
+                                          "then they leave the course.")
+            return redirect("classroom:detail", course.pk)
+    others = Membership.objects.filter(user=membership.user_id).exclude(course=course).exists()
+    return render(request, "classroom/remove_student.html",
+                  {"course": course, "m": membership, "form": form,
+                   "account_goes": membership.created_account and not others},
                   status=400 if form.errors else 200)
 
 

@@ -19,6 +19,7 @@ def reconcile_node(node_name: str) -> dict:
     node, _ = Node.objects.get_or_create(name=node_name)
     eng = engine()
     counts = {"updated": 0, "adopted": 0, "missing": 0, "released": 0}
+    counts["swept"] = sweep_dead_tasks(node)
     sync_templates(node, eng)
     reported = {info.ctid: info for info in eng.list()}
     busy = set(Task.objects.active().filter(node=node).values_list("ve_id", flat=True))
@@ -57,6 +58,18 @@ def reconcile_node(node_name: str) -> dict:
         counts["adopted"] += 1
     Node.objects.filter(pk=node.pk).update(last_seen_at=timezone.now())
     return counts
+
+
+def sweep_dead_tasks(node: Node) -> int:
+    """End the tasks whose node agent died under them (vzpanel.tasks.sweeper), before VE states are read."""
+    from vzpanel.tasks.sweeper import sweep
+
+    try:
+        swept = sweep(node)
+    except Exception:
+        log.exception("sweeping the dead tasks of %s failed", node.name)
+        return 0
+    return swept["died"] + swept["lost"]
 
 
 def sync_templates(node: Node, eng) -> None:

@@ -112,12 +112,26 @@ def busy_message(ve: VE) -> str:
     return f"VE {ve.ctid} is busy with another task{what}; wait for it to finish or cancel it."
 
 
+# Other apps may refuse an action for reasons of their own (the classroom: a student may not start the VE
+# of a course that has ended). A guard is called as guard(user, ve, action) and returns why not, or "".
+ACTION_GUARDS: list = []
+
+
+def register_guard(guard) -> None:
+    if guard not in ACTION_GUARDS:
+        ACTION_GUARDS.append(guard)
+
+
 def request_action(user, ve: VE, action: str, *, request=None, ip=None, root_password=None, **params) -> Task:
     """Queue action on ve for user (who may already see ve); return the Task."""
     if action not in ALLOWED_FROM:
         raise InvalidRequest(f"Unknown action {action!r}.")
     if ve.status not in ALLOWED_FROM[action]:
         raise ActionRefused(f"VE {ve.ctid} is {ve.status}; it cannot {Task.Action(action).label} now.")
+    for guard in ACTION_GUARDS:
+        why = guard(user, ve, action)
+        if why:
+            raise ActionRefused(why)
     if ve.tasks.filter(status__in=Task.ACTIVE).exists():
         raise ActionRefused(busy_message(ve))
     secrets = {}
