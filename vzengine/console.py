@@ -12,6 +12,10 @@ holds the bytes ``[total - len(buffer), total)``, so a viewer can say where it i
 
 The pty master lives on the host; CRIU cannot checkpoint a VE while one is attached, so end
 a VE's sessions before suspending it (``SessionRegistry.close_ve``).
+
+A session opened while its VE is still booting (``BootWatch``) first shows "VE N is booting…"
+and the VE's console log as it grows (systemd VEs have one: ``Layout.console_log``), polls the
+template's boot check, and starts its shell in the same output stream once the VE has booted.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import time
 import tty
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import InvalidInput
 
@@ -38,7 +44,75 @@ DEFAULT_SCROLLBACK = 256 * 1024
 MAX_PENDING_INPUT = 1024 * 1024  # input waiting for the pty beyond this is refused
 MODES = ("root", "login")
 
+BOOT_POLL = 0.25  # seconds between boot checks while a session waits for its VE to boot
+BOOT_TIMEOUT = 600.0  # a VE that has not booted by then gets its shell anyway
+
 Subscriber = Callable[[bytes], None]
+
+
+def run_id(engine, ctid: int) -> int | None:
+    """A number that changes with every start of the VE (its cgroup's inode), None when it is not running.
+
+    Costs one stat(): the daemon remembers which runs have booted and asks the VE only about new ones.
+    """
+    from . import cgroups
+
+    rel = engine.layout.cgroup_dir(ctid)
+    for controller in ("pids", "memory"):
+        path = cgroups.path(controller, rel)
+        if path is not None:
+            try:
+                return os.stat(path).st_ino
+            except OSError:
+                return None
+    return None
+
+
+def boot_state(engine, ctid: int, check: str | None = None) -> str:
+    """"booted", "booting" or "stopped": one run of the template's boot check inside the VE."""
+    if not engine.is_running(ctid):
+        return "stopped"
+    if check is None:
+        check = engine._spec(engine.config(ctid)).boot_check
+    try:
+        proc = engine.lxc.attach(ctid, ["/bin/sh", "-c", check], timeout=10)
+    except Exception:  # lxc-attach cannot get in yet (init is starting), or it hung
+        return "booting" if engine.is_running(ctid) else "stopped"
+    if proc.returncode == 0:
+        return "booted"
+    return "booting" if engine.is_running(ctid) else "stopped"
+
+
+@dataclass
+class BootWatch:
+    """What a session shows before its shell: the VE's boot, followed until the boot check passes.
+
+    booting False means the VE has booted already and only its console log is shown (when the
+    page asked for the boot messages of a VE it has just started).
+    """
+
+    ctid: int
+    state: Callable[[], str]  # blocking: boot_state() of the VE
+    log: Path | None = None  # the VE's console log, if it has one
+    booting: bool = True
+    poll: float = BOOT_POLL
+    timeout: float = BOOT_TIMEOUT
+
+    @classmethod
+    def for_ve(cls, engine, ctid: int, show_log: bool = False, known_booted: bool = False) -> BootWatch | None:
+        """A BootWatch if VE ctid is still booting (or show_log and it has a console log), else None.
+
+        Blocking (one lxc-attach unless known_booted): call it off the event loop.
+        """
+        conf = engine.config(ctid)
+        check = engine._spec(conf).boot_check
+        log = engine.layout.console_log(conf.ctid)
+        log = log if log.is_file() else None
+        state = "booted" if known_booted else boot_state(engine, conf.ctid, check)
+        if state == "booted" and not (show_log and log is not None):
+            return None
+        return cls(ctid=conf.ctid, state=lambda: boot_state(engine, conf.ctid, check), log=log,
+                   booting=state != "booted")
 
 
 def check_size(rows, cols) -> tuple[int, int]:
@@ -68,13 +142,18 @@ def session_argv(engine, ctid: int, mode: str = "root", term: str | None = None)
 
 def _set_controlling_tty() -> None:  # runs in the child, after setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # When the session ends, our pty master closes and the kernel hangs up lxc-attach. Killed by that
+    # SIGHUP, it would leave its shell in the VE unreaped: a zombie whose parent is the host's init,
+    # which keeps a systemd VE from stopping cleanly until the stop timeout. Ignoring it, lxc-attach
+    # sees the hang-up on its terminal, hangs up the shell's, reaps the shell and exits.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 class ConsoleSession:
     """One pty and the process on it; output goes to the scrollback and every subscriber."""
 
     def __init__(self, argv: list[str], ctid: int, rows: int = 24, cols: int = 80,
-                 scrollback: int = DEFAULT_SCROLLBACK, env: dict | None = None):
+                 scrollback: int = DEFAULT_SCROLLBACK, env: dict | None = None, boot: BootWatch | None = None):
         self.id = uuid.uuid4().hex
         self.ctid = ctid
         self.argv = argv
@@ -95,10 +174,23 @@ class ConsoleSession:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = bytearray()  # input the pty has not taken yet
         self._reading = False
+        self.boot = boot
+        self.booting = False  # showing the boot; no process yet
+        self.booted = asyncio.Event()  # set when the shell has been started (at once without a boot)
+        self.boot_result = ""  # "booted", "stopped", "timeout" or "closed" after a boot phase
+        self._boot_task: asyncio.Task | None = None
+        self._boot_paused = False
 
     # --- life -------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.boot is not None:
+            self.booting = True
+            self._boot_task = asyncio.create_task(self._boot_phase(), name=f"console-boot-{self.ctid}")
+            return
+        self._spawn()
+
+    def _spawn(self) -> None:
         master, slave = os.openpty()
         try:
             # lxc-attach makes the VE-side pty, which does the line discipline; ours stays raw
@@ -115,7 +207,76 @@ class ConsoleSession:
             os.close(slave)
         self._master = master
         os.set_blocking(master, False)
+        self.booted.set()
         self.resume_reading()
+
+    # --- the boot, before the shell -----------------------------------------------------------
+    def _emit(self, data: bytes) -> None:
+        """Number output, keep it in the scrollback and pass it on (the pty's, or the boot phase's)."""
+        if not data:
+            return
+        self.last_activity = time.monotonic()
+        self.total += len(data)
+        self.buffer += data
+        if len(self.buffer) > self.limit:
+            del self.buffer[: len(self.buffer) - self.limit]
+        for fn in list(self.subscribers):
+            fn(data)
+
+    def _follow_log(self, pos: int, limit: int | None = 64 * 1024) -> int:
+        """Emit what the console log has beyond pos (LXC truncates it when full); return the new pos."""
+        log = self.boot.log
+        try:
+            with open(log, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < pos:
+                    pos = 0
+                f.seek(pos)
+                data = f.read(limit if limit is not None else -1)
+        except OSError:
+            return pos
+        # The log is the raw stream of the VE's /dev/console: lines end in CR CR LF, as on a terminal.
+        self._emit(data)
+        return pos + len(data)
+
+    async def _boot_phase(self) -> None:
+        boot = self.boot
+        say = "is booting\u2026" if boot.booting else "has booted; its boot messages:"
+        self._emit(f"\x1b[33mVE {self.ctid} {say}\x1b[0m\r\n".encode())
+        pos = 0
+        state = "booting" if boot.booting else "booted"
+        deadline = time.monotonic() + boot.timeout
+        try:
+            while True:
+                if boot.log is not None and not self._boot_paused:
+                    pos = self._follow_log(pos)
+                if state != "booting":
+                    break
+                state = await asyncio.to_thread(boot.state)
+                if state == "booting":
+                    if time.monotonic() > deadline:
+                        state = "timeout"
+                    else:
+                        await asyncio.sleep(boot.poll)
+            if boot.log is not None:
+                self._follow_log(pos, None)
+        except asyncio.CancelledError:
+            self.boot_result = "closed"
+            raise
+        self.boot_result = state
+        self.booting = False
+        if state == "stopped":
+            self._emit(f"\r\n\x1b[33mVE {self.ctid} stopped while booting.\x1b[0m\r\n".encode())
+            self.closed.set()
+            return
+        if boot.booting:
+            done = "has booted" if state == "booted" else f"has not booted within {boot.timeout:g} s"
+            self._emit(f"\r\n\x1b[33mVE {self.ctid} {done}.\x1b[0m\r\n".encode())
+        try:
+            self._spawn()
+        except OSError as exc:
+            self._emit(f"\r\nThe shell could not be started: {exc.strerror or exc}\r\n".encode())
+            self.closed.set()
 
     def _on_readable(self) -> None:
         try:
@@ -127,27 +288,25 @@ class ConsoleSession:
         if not data:
             self._finish()
             return
-        self.last_activity = time.monotonic()
-        self.total += len(data)
-        self.buffer += data
-        if len(self.buffer) > self.limit:
-            del self.buffer[: len(self.buffer) - self.limit]
-        for fn in list(self.subscribers):
-            fn(data)
+        self._emit(data)
 
     def pause_reading(self) -> None:
         """Stop reading the pty: the process in the VE blocks on output, as on a real terminal (^S)."""
+        self._boot_paused = True
         if self._reading and self._master >= 0:
             self._loop.remove_reader(self._master)
         self._reading = False
 
     def resume_reading(self) -> None:
+        self._boot_paused = False
         if not self._reading and self._master >= 0:
             self._loop.add_reader(self._master, self._on_readable)
             self._reading = True
 
     @property
     def paused(self) -> bool:
+        if self.booting:
+            return self._boot_paused
         return self.alive and not self._reading
 
     def _finish(self) -> None:
@@ -166,7 +325,7 @@ class ConsoleSession:
             try:
                 self.returncode = self._proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
-                self._signal(signal.SIGHUP)
+                self._signal(signal.SIGTERM)
                 try:
                     self.returncode = self._proc.wait(timeout=2)
                 except subprocess.TimeoutExpired:
@@ -181,16 +340,23 @@ class ConsoleSession:
                 os.killpg(self._proc.pid, sig)
 
     async def close(self) -> None:
-        """End the session: hang up the process group, release the pty, wait for the process."""
+        """End the session: hang up the pty (the process sees its terminal go), wait for the process."""
         if self.closed.is_set():
             return
-        self._signal(signal.SIGHUP)
+        if self._boot_task is not None and not self._boot_task.done():
+            self._boot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._boot_task
+            self.booting = False
+            if self._master < 0:
+                self.closed.set()
+                return
         self._finish()
         await self.closed.wait()
 
     @property
     def alive(self) -> bool:
-        return self._master >= 0 and not self.closed.is_set()
+        return (self._master >= 0 or self.booting) and not self.closed.is_set()
 
     @property
     def pid(self) -> int | None:
@@ -199,8 +365,8 @@ class ConsoleSession:
     # --- input ------------------------------------------------------------------------------
     def write(self, data: bytes) -> bool:
         """Send data to the process; return False (and drop it) if too much input is waiting already."""
-        if not self.alive:
-            return False
+        if not self.alive or self.booting:
+            return False  # (while the VE boots there is nothing to type into yet)
         if len(self._pending) + len(data) > MAX_PENDING_INPUT:
             return False
         self.last_activity = self.last_input = time.monotonic()
@@ -229,7 +395,7 @@ class ConsoleSession:
 
     def resize(self, rows, cols) -> None:
         self.rows, self.cols = check_size(rows, cols)
-        if self.alive:
+        if self._master >= 0 and not self.closed.is_set():
             self._winsize(self._master)
 
     def _winsize(self, fd: int) -> None:
@@ -279,20 +445,23 @@ class SessionRegistry:
         return None
 
     async def open(self, ctid: int, argv: list[str] | Callable[[], list[str]], key: str = "root",
-                   **kw) -> tuple[ConsoleSession, bool]:
+                   boot: Callable[[], BootWatch | None] | None = None, **kw) -> tuple[ConsoleSession, bool]:
         """Return (session, created): the VE's live session of this kind, or a new one.
 
         argv may be a callable, called (in a thread: it may ask the engine) only when a new
-        session is needed; concurrent opens of the same (VE, kind) make one session.
+        session is needed; concurrent opens of the same (VE, kind) make one session. boot, if
+        given, is called in that thread after argv: the BootWatch the new session shows first.
         """
         lock = self._locks.setdefault((ctid, key), asyncio.Lock())
         async with lock:
             existing = self.find(ctid, key)
             if existing:
                 return existing, False
-            if callable(argv):
-                argv = await asyncio.to_thread(argv)
-            session = ConsoleSession(argv, ctid, **kw)
+            def prepare():
+                return (argv() if callable(argv) else argv), (boot() if boot is not None else None)
+
+            argv_, watch = await asyncio.to_thread(prepare) if callable(argv) or boot else (argv, None)
+            session = ConsoleSession(argv_, ctid, boot=watch, **kw)
             session.key = key
             await session.start()
             self.sessions[session.id] = session

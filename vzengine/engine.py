@@ -317,10 +317,23 @@ class Engine:
             f"lxc.cgroup.dir.monitor = {self.layout.cgroup_parent()}/{ctid}.monitor",
             f"lxc.signal.halt = {spec.halt_signal}",
             "lxc.net.0.type = empty",
-            # No ttys and no host-side console: a VE with them cannot be checkpointed, and
-            # consoles are served through lxc-attach by the node agent.
+            # No ttys: shells are served through lxc-attach by the node agent.
             "lxc.tty.max = 0",
-            "lxc.console.path = none",
+        ]
+        if spec.checkpointable:
+            # No host-side console either: CRIU cannot dump a VE whose /dev/console is a host pty.
+            lines.append("lxc.console.path = none")
+        else:
+            # systemd cannot be checkpointed anyway: give it a console whose output (the boot and
+            # shutdown messages) LXC writes to a log the web console shows while the VE boots, capped
+            # at 128 KiB. No getty on it: nobody logs in there, and a terminal in the VE would count
+            # as someone's session. Each start begins a new log (_start keeps the last run's as .1).
+            lines += [
+                f"lxc.console.logfile = {self.layout.console_log(ctid)}",
+                "lxc.console.size = 128KB",
+                "lxc.environment = SYSTEMD_GETTY_AUTO=0",
+            ]
+        lines += [
             f"lxc.log.file = {self.layout.logdir / f'{ctid}.lxc.log'}",
             "lxc.log.level = WARN",
         ]
@@ -350,6 +363,9 @@ class Engine:
         progress(10, f"starting VE {ctid}")
         for feature in self.features:
             feature.before_start(conf)
+        console_log = self.layout.console_log(ctid)
+        with contextlib.suppress(FileNotFoundError):  # a new run, a new console log; the last run's is kept
+            os.replace(console_log, console_log.with_name(console_log.name + ".1"))
         self._write_lxc_config(conf)
         log = self.layout.logdir / f"{ctid}.lxc.log"
         try:

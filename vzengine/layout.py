@@ -129,6 +129,10 @@ class Layout:
     def rundir(self) -> Path:
         return self.root / "run"
 
+    def console_log(self, ctid: int) -> Path:
+        """Where LXC writes the console output of VE ctid (VEs that cannot be checkpointed have one)."""
+        return self.logdir / f"{ctid}.console.log"
+
     @property
     def pool_image(self) -> Path:
         return self.root / "pool.img"

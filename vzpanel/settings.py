@@ -7,6 +7,7 @@ VZPANEL_NODE    name of this node and its queue `node:<name>` (default "local")
 VZ_ROOT         passed through to the engine (the node agent only)
 VZPANEL_CONSOLE_LINGER        seconds a console session survives with nobody watching (default 600)
 VZPANEL_CONSOLE_IDLE_TIMEOUT  seconds without input after which a console session ends (default 3600)
+VZPANEL_CONSOLE_RECHECK       seconds between checks that an open console's user may still see its VE (default 20)
 """
 
 import os
@@ -44,6 +45,7 @@ RECONCILE_INTERVAL = int(os.environ.get("VZPANEL_RECONCILE_INTERVAL", "30"))
 CONSOLE_LINGER = float(os.environ.get("VZPANEL_CONSOLE_LINGER", "600"))
 CONSOLE_IDLE_TIMEOUT = float(os.environ.get("VZPANEL_CONSOLE_IDLE_TIMEOUT", "3600"))
 CONSOLE_SCROLLBACK = 256 * 1024
+CONSOLE_RECHECK = float(os.environ.get("VZPANEL_CONSOLE_RECHECK", "20"))
 # Failed logins (per address, per user name) allowed within LOGIN_WINDOW seconds.
 LOGIN_FAILURES_PER_IP = 10
 LOGIN_FAILURES_PER_USER = 5

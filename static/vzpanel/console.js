@@ -33,6 +33,7 @@
     let opened = false, ended = false, everOpened = false;
     let received = 0, shown = 0, acked = 0;   // output offsets (bytes)
     let retries = 0, retryTimer = null, waitingForStart = 0;
+    let booting = false, writerName = null;
 
     function setState(state, text, kind) {
       root.dataset.state = state;
@@ -74,7 +75,9 @@
 
     function url() {
       const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-      return scheme + location.host + root.dataset.consoleWs + "?rows=" + term.rows + "&cols=" + term.cols + "&role=" + asked;
+      // boot=1 after "Start VE": a new session shows the VE's boot messages even if it has booted already
+      return scheme + location.host + root.dataset.consoleWs + "?rows=" + term.rows + "&cols=" + term.cols + "&role=" + asked +
+        (waitingForStart ? "&boot=1" : "");
     }
 
     function connect() {
@@ -123,8 +126,13 @@
         } else {
           term.resize(msg.cols, msg.rows);  // watch at the writer's size, so full-screen programs look right
         }
+        booting = !!msg.booting;
         showRole(msg.writer, msg.created ? "new session" : "session resumed");
         term.focus();
+      },
+      booted: function () {
+        booting = false;
+        showRole(writerName, "");
       },
       role: function (msg) {
         role = msg.role;
@@ -150,7 +158,13 @@
           showBanner(msg.message, false);
         } else if (msg.code === "agent-unavailable") {
           showBanner(msg.message + " Retrying…", false);
-        } else if (msg.code === "read-only") {
+        } else if (msg.code === "access-gone") {
+          ended = true;
+          say(msg.message, "31");
+          showBanner(msg.message, false);
+          setState("closed", "no access", "danger");
+          updateButtons();
+        } else if (msg.code === "read-only" || msg.code === "booting") {
           whoEl.textContent = msg.message;
         } else if (msg.code !== "no-session") {
           say(msg.message, "31");
@@ -166,7 +180,11 @@
     };
 
     function showRole(writer, note) {
-      if (role === "writer") {
+      writerName = writer;
+      if (booting) {
+        setState("open", "booting…", "warning");
+        whoEl.textContent = note || "";
+      } else if (role === "writer") {
         setState("open", "connected", "success");
         whoEl.textContent = note || "";
       } else {
@@ -185,7 +203,11 @@
       root.dataset.lastError = "";
       if (code === "not-running" && waitingForStart && Date.now() < waitingForStart) {
         setState("starting", "waiting for the VE to start…", "warning");
-        retryTimer = setTimeout(connect, 1500);
+        retryTimer = setTimeout(connect, 500);  // soon, so that the boot messages are seen as they come
+      } else if (event.code === 4404 || event.code === 4401) {  // no (longer) access: retrying cannot help
+        setState("closed", "no access", "danger");
+        if (event.code === 4401) showBanner("You are no longer logged in. Reload the page to log in again.", false);
+        else if (code !== "access-gone") showBanner("You have no access to this VE's console.", false);
       } else if (code === "not-running" || code === "no-such-ve" || code === "attach-failed") {
         setState("closed", "not available", "warning");
       } else if (!wasOpen && !everOpened && event.code !== 4000 && retries >= 2) {

@@ -216,3 +216,134 @@ def test_login_mode_logs_in_to_a_debian_ve(engine, new_ctid):
             await s.close()
 
     asyncio.run(go())
+
+
+# --- a VE that is still booting ------------------------------------------------------------------------
+
+
+def test_a_session_opened_while_the_ve_boots_shows_that_then_its_shell(engine, new_ctid):
+    """The tiny template's boot check is /run/vz-booted: without it the VE counts as booting."""
+    from vzengine.console import BootWatch
+
+    ctid = new_ctid()
+    engine.create(ctid, "tiny", hostname=f"b{ctid}")
+    engine.start(ctid, wait_boot=True)
+    assert "lxc.console.path = none" in engine.lxc_config(engine.config(ctid))  # checkpointable: no console
+    assert BootWatch.for_ve(engine, ctid) is None  # booted: a plain shell
+    assert BootWatch.for_ve(engine, ctid, show_log=True) is None  # and no console log to show
+    engine.exec(ctid, "rm /run/vz-booted")
+    watch = BootWatch.for_ve(engine, ctid)
+    assert watch is not None and watch.booting and watch.log is None
+
+    async def go():
+        s = ConsoleSession(engine.enter_argv(ctid), ctid, boot=watch)
+        await s.start()
+        seen = terminal(s)
+        try:
+            await _until(seen, f"VE {ctid} is booting\u2026".encode())
+            assert s.alive and s.booting and not s.write(b"id\n")  # nothing to type into yet
+            s.resize(33, 99)
+            await asyncio.sleep(0.6)  # a few boot checks
+            assert s.booting and b"# " not in seen
+            await asyncio.to_thread(engine.exec, ctid, "touch /run/vz-booted")
+            await _until(seen, f"VE {ctid} has booted.".encode())
+            await _until(seen, b"# ")
+            assert s.boot_result == "booted" and s.booted.is_set() and not s.booting
+            s.write(b"stty size; echo UP-$((40+2))\n")
+            await _until(seen, b"UP-42")
+            assert b"33 99" in seen  # the size set while booting reached the shell
+        finally:
+            await s.close()
+
+    asyncio.run(go())
+    engine.stop(ctid, fast=True)  # (BusyBox init takes seconds to halt cleanly)
+
+
+def test_a_ve_that_stops_while_booting_ends_the_session_and_closing_one_ends_the_watch(engine, new_ctid):
+    from vzengine.console import BootWatch
+
+    ctid = new_ctid()
+    engine.create(ctid, "tiny", hostname=f"b{ctid}")
+    engine.start(ctid, wait_boot=True)
+    engine.exec(ctid, "rm /run/vz-booted")
+
+    async def go():
+        s = ConsoleSession(engine.enter_argv(ctid), ctid, boot=BootWatch.for_ve(engine, ctid))
+        await s.start()
+        seen = terminal(s)
+        await _until(seen, b"is booting")
+        await asyncio.to_thread(engine.stop, ctid, fast=True)
+        await asyncio.wait_for(s.closed.wait(), 10)
+        assert s.boot_result == "stopped" and not s.alive and s.pid is None
+        assert f"VE {ctid} stopped while booting.".encode() in seen
+
+        await asyncio.to_thread(engine.start, ctid, wait_boot=True)
+        await asyncio.to_thread(engine.exec, ctid, "rm /run/vz-booted")
+        s = ConsoleSession(engine.enter_argv(ctid), ctid, boot=BootWatch.for_ve(engine, ctid))
+        await s.start()
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(s.close(), 5)  # ends the wait for the boot; no shell was ever started
+        assert not s.alive and s.pid is None and s.boot_result == "closed"
+
+    asyncio.run(go())
+    engine.stop(ctid, fast=True)
+
+
+@pytest.mark.slow
+def test_a_systemd_ve_shows_its_boot_messages_from_its_console_log(engine, new_ctid):
+    """debian-12 (systemd, not checkpointable) gets an LXC console whose log the session follows."""
+    from vzengine.console import BootWatch
+
+    ctid = new_ctid()
+    engine.create(ctid, "debian-12", hostname=f"s{ctid}")
+    log = engine.layout.console_log(ctid)
+    config = engine.lxc_config(engine.config(ctid))
+    assert f"lxc.console.logfile = {log}" in config and "lxc.console.path = none" not in config
+    engine.start(ctid, wait_boot=True)
+    assert b"Welcome to Debian" in log.read_bytes()
+    # No getty on the console: no process in the VE has a terminal (it would look like someone's session).
+    assert engine.exec(ctid, "ps -e -o tty= | grep -v '?' | wc -l").stdout.strip() == "0"
+    # A unit that holds the boot for 2 s, so that the next boot is still going when the console opens.
+    engine.exec(ctid, "printf '[Unit]\\nDescription=Slow boot\\n[Service]\\nType=oneshot\\nExecStart=/bin/sleep 2\\n"
+                      "[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/slowboot.service && "
+                      "systemctl enable -q slowboot.service")
+    engine.stop(ctid)
+    assert b"shutdown.target" in log.read_bytes()  # the shutdown is in the log too
+    engine.start(ctid)
+    rotated = log.with_name(log.name + ".1")
+    assert rotated.is_file() and b"Welcome to Debian" in rotated.read_bytes()  # the last run's, kept once
+
+    async def go():
+        watch = await asyncio.to_thread(BootWatch.for_ve, engine, ctid)
+        assert watch is not None and watch.booting and watch.log == log
+        s = ConsoleSession(engine.enter_argv(ctid), ctid, boot=watch)
+        await s.start()
+        seen = terminal(s)
+        try:
+            await _until(seen, f"VE {ctid} is booting\u2026".encode())
+            await _until(seen, b"Starting slowboot.service", timeout=20)
+            assert s.booting and b"[  OK  ] " in seen
+            await _until(seen, f"VE {ctid} has booted.".encode(), timeout=30)
+            await _until(seen, b"# ")
+            assert seen.count(b"Welcome to Debian") == 1  # this boot's log only
+            s.write(b"echo SYS-$((3*3))\n")
+            await _until(seen, b"SYS-9")
+        finally:
+            await s.close()
+        # Booted: a console asked for the boot messages (after "Start VE") shows the log, then the shell.
+        watch = await asyncio.to_thread(BootWatch.for_ve, engine, ctid, True)
+        assert watch is not None and not watch.booting
+        s = ConsoleSession(engine.enter_argv(ctid), ctid, boot=watch)
+        await s.start()
+        seen = terminal(s)
+        try:
+            await _until(seen, b"# ")
+            assert f"VE {ctid} has booted; its boot messages:".encode() in seen and b"Finished slowboot" in seen
+        finally:
+            await s.close()
+
+    asyncio.run(go())
+    # The closed sessions' shells were reaped by their lxc-attach: no zombie holds up the clean stop.
+    assert engine.exec(ctid, "ps -e -o stat= | grep -c Z").stdout.strip() == "0"
+    engine.destroy(ctid)
+    assert not list(engine.layout.logdir.glob(f"{ctid}.*"))  # the console logs went with the VE

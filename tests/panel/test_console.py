@@ -499,6 +499,111 @@ def test_sessions_end_after_the_idle_timeout_or_nobody_watching_and_say_so(
         stop_daemon(proc)
 
 
+# --- a VE that is still booting ---------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_a_console_opened_while_the_ve_boots_says_so_then_gives_the_shell(owner, node, daemon, engine, new_ctid):
+    """A fresh tiny VE made to count as booting by its template's own check (/run/vz-booted)."""
+    ctid = new_ctid()
+    engine.create(ctid, "tiny", hostname=f"boot{ctid}")
+    engine.start(ctid, wait_boot=True)
+    engine.exec(ctid, "rm /run/vz-booted")
+    ve = make_ve(owner, node, ctid)
+
+    async def go():
+        t = Term(owner, ctid)
+        opened = await t.open()
+        assert opened["booting"] is True and opened["role"] == "writer"
+        await t.see(f"VE {ctid} is booting\u2026")
+        await t.type("id\r")  # nothing to type into yet: said once, nothing reaches the VE
+        assert (await t.event("error"))["code"] == protocol.BOOTING
+        watcher = Term(owner, ctid, role="watch")  # joins the booting session, with what it has shown
+        assert (await watcher.open())["booting"] is True
+        await watcher.see("is booting")
+        await asyncio.to_thread(engine.exec, ctid, "touch /run/vz-booted")
+        assert (await t.event("booted", timeout=10))["result"] == "booted"
+        await watcher.event("booted")
+        await t.see(f"VE {ctid} has booted.")
+        await t.see("# ")
+        assert b"uid=0" not in t.output
+        await t.type("id\r")
+        await t.see("uid=0(root)")
+        await watcher.see("uid=0(root)")
+        await t.type("exit\r")
+        await t.event("exited")
+        await watcher.disconnect()
+        # The daemon remembers that this run of the VE has booted: the next console asks nothing.
+        t = Term(owner, ctid)
+        opened = await t.open()
+        assert opened["booting"] is False and opened["created"] is True
+        await t.see("# ")
+        await t.disconnect()
+
+    try:
+        run(go())
+    finally:
+        client.close_ve(node.name, ctid)
+        engine.stop(ctid, fast=True)
+    assert ve.ctid == ctid
+
+
+# --- access, again while the console is open --------------------------------------------------------
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("how", ["given-away", "deactivated", "destroyed"])
+def test_a_console_closes_when_its_user_loses_access_to_the_ve(console_ve, owner, outsider, admin, settings, how):
+    from vzpanel.ves.models import VE
+
+    settings.CONSOLE_RECHECK = 0.3
+
+    async def go():
+        t = Term(owner, console_ve.ctid)
+        await t.open()
+        await t.see("# ")
+        await t.type("echo OWNERS-$((5*5))\r")
+        await t.see("OWNERS-25")
+        watcher = Term(admin, console_ve.ctid, role="watch")
+        await watcher.open()
+        await asyncio.sleep(0.8)  # a few checks pass while nothing changes
+        assert t.closed is None and watcher.closed is None
+
+        def take_away():
+            if how == "given-away":
+                VE.objects.filter(pk=console_ve.pk).update(owner=outsider)
+            elif how == "deactivated":
+                type(owner).objects.filter(pk=owner.pk).update(is_active=False)
+            else:
+                VE.objects.filter(pk=console_ve.pk).update(status=VE.Status.DESTROYED)
+
+        await asyncio.to_thread(take_away)
+        gone = await t.event("error", timeout=5)
+        assert gone["code"] == protocol.ACCESS_GONE
+        assert gone["message"] == f"You no longer have access to VE {console_ve.ctid}; its console was closed."
+        assert await t.closed_with(5) == protocol.CLOSE_NOT_FOUND  # as for an outsider
+        if how == "destroyed":  # the admin may not see a destroyed VE either: whichever comes first,
+            # its own check (4404) or the end of the session it watches (4000), its console closes
+            assert await watcher.closed_with(5) in (protocol.CLOSE_NOT_FOUND, protocol.CLOSE_ENDED)
+            await watcher.disconnect()
+            return
+        # The session the owner typed in has ended: the admin watching it is told why.
+        exited = await watcher.event("exited", timeout=5)
+        assert exited["reason"] == "access" and "oscar-owner no longer has access" in exited["message"]
+        await watcher.disconnect()
+        if how == "given-away":  # the new owner gets a new shell, not the old owner's screen
+            t = Term(outsider, console_ve.ctid)
+            opened = await t.open()
+            assert opened["created"] is True
+            await t.see("# ")
+            assert b"OWNERS-25" not in t.output
+            await t.disconnect()
+
+    run(go())
+    revoked = AuditEntry.objects.get(action="console.revoked")
+    assert revoked.user == owner and revoked.result == "denied" and revoked.ctid == console_ve.ctid
+
+
 # --- who may open it --------------------------------------------------------------------------------
 
 

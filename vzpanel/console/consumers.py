@@ -5,10 +5,17 @@ checked before it, in vzpanel.core.websocket), validates every message from the 
 passes it to the console daemon of the VE's node over the channel layer; what the daemon sends
 back goes to the browser: terminal output as binary frames, everything else as JSON. It holds no
 terminal state and no authority over roles: the daemon decides who may type.
+
+Access is checked again every ``settings.CONSOLE_RECHECK`` seconds while the socket is open (the
+user re-read from the database, then access.py): when the user may no longer see the VE (it was
+given to someone else or destroyed, the account was disabled, a student left the course) the
+terminal is told why and the socket closes with 4404, as for an outsider; a session that user
+was typing in ends, since its shell and output were theirs.
 """
 
 import asyncio
 import json
+import logging
 import time
 from urllib.parse import parse_qs
 
@@ -16,6 +23,8 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from vzpanel.audit import log as audit_log
 from vzpanel.classroom.services import wake_for_console
@@ -24,6 +33,7 @@ from vzpanel.ves.access import find_ve
 from . import protocol as p
 
 BROWSER_TYPES = ("input", "resize", "ack", "takeover", "release", "close", "ping")
+log = logging.getLogger("vzpanel.console")
 
 
 class ConsoleConsumer(AsyncWebsocketConsumer):
@@ -44,6 +54,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         self.held: list[tuple[str, dict]] = []  # messages for the daemon until the session is open
         self.held_bytes = 0
         self.open_timer = None
+        self.rechecker = None
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=p.CLOSE_UNAUTHENTICATED)
@@ -52,6 +63,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             await self.close(code=p.CLOSE_NOT_FOUND)
             return
         await self.accept()
+        self.rechecker = asyncio.create_task(self.recheck_forever(user.pk))
         # A class VE the idle policy or lab schedule put to sleep wakes when its console opens.
         await database_sync_to_async(wake_for_console)(user, self.ve, wait=30)
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -62,8 +74,11 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             except p.BadMessage as exc:
                 await self.problem(exc.code, f"{exc} Opening the console at {rows}x{cols}.")
         self.asked = "watch" if _first(query, "role") == "watch" else "write"
+        # boot=1: the page has just started the VE and wants its boot messages even if it has booted already
+        boot_log = _first(query, "boot") == "1"
         sent = await self.to_daemon("console.open", ctid=self.ve.ctid, mode=self.mode, rows=rows, cols=cols,
-                                    role=self.asked, user_id=user.pk, username=user.get_username(), at=time.time())
+                                    role=self.asked, user_id=user.pk, username=user.get_username(), at=time.time(),
+                                    boot_log=boot_log)
         if sent:
             self.open_timer = asyncio.create_task(self.open_timeout())
 
@@ -85,7 +100,57 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             await self.fail(p.AGENT_UNAVAILABLE,
                             f"The console service of node {self.node_name} is not answering. Try again in a moment.")
 
+    # --- access, again while open ------------------------------------------------------------
+    async def recheck_forever(self, user_pk: int) -> None:
+        period = max(0.1, float(settings.CONSOLE_RECHECK))
+        while not self.ended:
+            await asyncio.sleep(period)
+            if self.ended:
+                return
+            try:
+                allowed = await self.still_allowed(user_pk)
+            except Exception:  # the database is briefly unavailable: keep the console, ask again later
+                log.exception("console: re-checking access to VE %s failed", self.ve.ctid)
+                continue
+            if not allowed:
+                await self.access_gone()
+                return
+
+    @database_sync_to_async
+    def still_allowed(self, user_pk: int) -> bool:
+        """Whether the user, as the database has them now, may still see this VE (the rule of access.py)."""
+        user = get_user_model().objects.filter(pk=user_pk, is_active=True).first()
+        if user is None:
+            return False
+        ve = find_ve(user, self.ve.ctid)
+        return ve is not None and ve.pk == self.ve.pk
+
+    async def access_gone(self) -> None:
+        if self.ended:
+            return
+        if self.sid is not None:
+            # The writer's session ends (its shell and output were theirs); a watcher just leaves it.
+            if self.role == p.WRITER:
+                await self.to_daemon("console.close", quiet=True, why="access")
+            else:
+                await self.to_daemon("console.detach", quiet=True)
+        self.ended = True
+        if self.open_timer is not None:
+            self.open_timer.cancel()
+        ctid = self.ve.ctid
+        await self.send_json({"type": "error", "code": p.ACCESS_GONE,
+                              "message": f"You no longer have access to VE {ctid}; its console was closed."})
+        await self.close(code=p.CLOSE_NOT_FOUND)
+        try:
+            await self.audit("console.revoked", result="denied",
+                             detail=f"access to VE {ctid} ended while its console was open"
+                                    + (f" (session {self.sid[:8]})" if self.sid else ""))
+        except Exception:  # the user or VE row is gone altogether
+            log.warning("console: could not audit the end of access to VE %s", ctid, exc_info=True)
+
     async def disconnect(self, code):
+        if self.rechecker is not None and self.rechecker is not asyncio.current_task():
+            self.rechecker.cancel()
         if self.open_timer is not None:
             self.open_timer.cancel()
         if self.sid is not None and not self.ended:
@@ -217,6 +282,10 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         if self.asked_takeover and self.role == p.WRITER and event.get("reason") == "takeover":
             self.asked_takeover = False
             await self.audit("console.takeover", detail=f"session {self.sid[:8]}")
+
+    async def console_booted(self, event):
+        if event.get("sid") == self.sid and not self.ended:
+            await self.send_json({"type": "booted", "result": event.get("result")})
 
     async def console_resized(self, event):
         if event.get("sid") == self.sid:

@@ -8,6 +8,11 @@ dropped here, whatever the browser claims.
 
 It needs no database: who may open which VE was decided by the consumer that relays the
 request, and the audit entries are written there too.
+
+A new session for a VE that is still booting shows the boot first (``vzengine.console.BootWatch``):
+"VE N is booting…", the VE's console log as it grows (systemd VEs), then the shell once the
+template's boot check passes; viewers get ``console.booted`` then. Which runs of a VE have booted
+is remembered (by ``run_id``, one stat), so only the first console of each run asks the VE.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 
 from channels.exceptions import ChannelFull
 
-from vzengine.console import ConsoleSession, SessionRegistry, check_size, session_argv
+from vzengine.console import BootWatch, ConsoleSession, SessionRegistry, check_size, run_id, session_argv
 
 from . import protocol as p
 
@@ -42,6 +47,7 @@ class Viewer:
     ready: bool = False  # opened has been sent: output may follow
     last_seen: float = field(default_factory=time.monotonic)
     warned_read_only: bool = False
+    warned_booting: bool = False
 
 
 class LiveSession:
@@ -110,7 +116,7 @@ class LiveSession:
         s = self.session
         self.to(viewer, "console.opened", role=viewer.role, mode=self.mode, rows=s.rows, cols=s.cols,
                 created=created, offset=viewer.offset, writer=self.writer.username if self.writer else None,
-                viewers=len(self.viewers), on_sent=lambda: setattr(viewer, "ready", True))
+                viewers=len(self.viewers), booting=s.booting, on_sent=lambda: setattr(viewer, "ready", True))
 
     def remove(self, viewer: Viewer) -> None:
         self.viewers.pop(viewer.channel, None)
@@ -154,9 +160,21 @@ class LiveSession:
         self.outbox.append((viewer, {"type": type_, "sid": self.id, **fields}, on_sent))
         self.wake.set()
 
+    def _booted(self) -> None:
+        """The boot phase is over and the shell runs: tell the viewers, remember the run has booted."""
+        if self.session.boot_result not in ("booted", "timeout") or not self.session.alive:
+            return
+        self.daemon.remember_booted(self.session.ctid)
+        for v in self.viewers.values():
+            self.to(v, "console.booted", result=self.session.boot_result)
+
     async def _run(self) -> None:
         ended = asyncio.create_task(self.session.closed.wait())
         ended.add_done_callback(lambda _: self._ending("exit"))
+        booted = None
+        if self.session.booting:
+            booted = asyncio.create_task(self.session.booted.wait())
+            booted.add_done_callback(lambda t: None if t.cancelled() else self._booted())
         try:
             while True:
                 await self.wake.wait()
@@ -173,6 +191,8 @@ class LiveSession:
             await self.session.close()
         finally:
             ended.cancel()
+            if booted is not None:
+                booted.cancel()
             self.daemon.forget(self)
 
     async def _send_outbox(self) -> None:
@@ -247,6 +267,7 @@ class ConsoleDaemon:
         self.term = term
         self.registry = SessionRegistry(idle_timeout=idle_timeout)
         self.live: dict[str, LiveSession] = {}
+        self.booted_runs: dict[int, int] = {}  # ctid → the run_id seen booted
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.handlers = {
@@ -336,6 +357,20 @@ class ConsoleDaemon:
     def error(self, channel, code: str, message: str, sid: str | None = None) -> None:
         self.reply(channel, "console.error", code=code, message=message, sid=sid)
 
+    def remember_booted(self, ctid: int) -> None:
+        run = run_id(self.engine, ctid)
+        if run is not None:
+            self.booted_runs[ctid] = run
+
+    def boot_watch(self, ctid: int, show_log: bool) -> BootWatch | None:
+        """Blocking (a thread): the boot a new session of VE ctid shows first, or None if it has booted."""
+        run = run_id(self.engine, ctid)
+        known = run is not None and self.booted_runs.get(ctid) == run
+        watch = BootWatch.for_ve(self.engine, ctid, show_log=show_log, known_booted=known)
+        if run is not None and (watch is None or not watch.booting):
+            self.booted_runs[ctid] = run
+        return watch
+
     def forget(self, live: LiveSession) -> None:
         self.live.pop(live.id, None)
         self.registry.sessions.pop(live.id, None)
@@ -369,6 +404,7 @@ class ConsoleDaemon:
             ctid = int(message["ctid"])
             mode = message.get("mode") or "root"
             asked = message.get("role") if message.get("role") in p.ROLES else "write"
+            show_log = message.get("boot_log") is True
             try:
                 size = check_size(message.get("rows", p.DEFAULT_ROWS), message.get("cols", p.DEFAULT_COLS))
             except Exception:
@@ -381,6 +417,7 @@ class ConsoleDaemon:
         try:
             session, created = await self.registry.open(
                 ctid, lambda: session_argv(self.engine, ctid, mode, self.term), key=mode,
+                boot=lambda: self.boot_watch(ctid, show_log),
                 rows=size[0], cols=size[1], scrollback=self.scrollback,
             )
         except NotFound:
@@ -414,6 +451,13 @@ class ConsoleDaemon:
     def on_input(self, message: dict) -> None:
         live, viewer = self.find(message)
         if viewer is None:
+            return
+        if live.session.booting and live.writer is viewer:
+            if not viewer.warned_booting:
+                viewer.warned_booting = True
+                live.to(viewer, "console.error", code=p.BOOTING,
+                        message=f"VE {live.session.ctid} is still booting; keys typed before its shell starts "
+                                "are not sent.")
             return
         if live.writer is not viewer:
             live.dropped_input += 1
@@ -482,7 +526,7 @@ class ConsoleDaemon:
         if live.writer is not viewer:
             live.to(viewer, "console.error", code=p.NOT_WRITER, message="Only the one typing can end the session.")
             return
-        await live.end("closed", viewer.username)
+        await live.end("access" if message.get("why") == "access" else "closed", viewer.username)
 
     async def on_ping(self, message: dict) -> None:
         viewers = sum(len(live.viewers) for live in self.live.values())
@@ -533,6 +577,8 @@ class ConsoleDaemon:
             return f"The console was closed after {_duration(self.idle_timeout)} without input."
         if reason == "closed":
             return f"{live.end_by or 'The user typing'} ended the console session."
+        if reason == "access":
+            return f"The console was closed: {live.end_by or 'the user typing'} no longer has access to VE {ctid}."
         if reason == "close_ve":
             return f"The console was closed by the node agent so that VE {ctid} can be suspended or moved."
         if reason == "shutdown":
@@ -544,6 +590,8 @@ class ConsoleDaemon:
         except Exception:
             running = True
         if not running:
+            if live.session.boot_result == "stopped":
+                return f"VE {ctid} stopped while booting; its console has ended."
             return f"VE {ctid} stopped; its console has ended."
         code = live.session.returncode
         return "The shell has ended" + (f" (exit status {code})." if code is not None else ".")

@@ -2,13 +2,15 @@
 
 Lifecycle over the channel layer, consumer → daemon on the node's channel ``console.<node>``:
 
-    console.open       {reply, ctid, mode, rows, cols, role: write|watch, user_id, username, at}
+    console.open       {reply, ctid, mode, rows, cols, role: write|watch, user_id, username, at, boot_log?}
+                       boot_log: a new session shows the VE's console log first even if it has booted
     console.input      {reply, sid, data: bytes}          dropped by the daemon unless reply is the writer
     console.resize     {reply, sid, rows, cols}           the writer's only
     console.ack        {reply, sid, offset}               the browser has shown output up to offset
     console.takeover   {reply, sid}                       become the writer (audited by the consumer)
     console.release    {reply, sid}                       stop being the writer
-    console.close      {reply, sid}                       end the session (the writer's only)
+    console.close      {reply, sid, why?}                 end the session (the writer's only; why=access:
+                                                          the consumer found the writer lost access)
     console.keepalive  {reply, sid}
     console.detach     {reply, sid}                       the websocket has gone; the session lingers
     console.ping       {reply}                            → console.pong
@@ -16,7 +18,8 @@ Lifecycle over the channel layer, consumer → daemon on the node's channel ``co
 
 daemon → consumer, sent to the reply channel:
 
-    console.opened     {sid, role, mode, rows, cols, created, offset, writer, viewers}
+    console.opened     {sid, role, mode, rows, cols, created, offset, writer, viewers, booting}
+    console.booted     {sid, result: booted|timeout}      the VE has booted: the shell follows in the output
     console.output     {sid, data: bytes}                 the first ones after opened are the scrollback
     console.skipped    {sid, offset, lost}                this viewer fell behind: output lost, resume at offset
     console.role       {sid, role, writer, reason, by}
@@ -54,6 +57,8 @@ READ_ONLY = "read-only"
 NO_SESSION = "no-session"  # the session has ended (or the daemon restarted): reconnect
 NOT_WRITER = "not-writer"
 BUSY = "busy"  # input arrives faster than the VE reads it
+BOOTING = "booting"  # the VE is still booting: there is no shell to type into yet
+ACCESS_GONE = "access-gone"  # the user may no longer see this VE: the websocket closes with 4404
 
 # Websocket close codes (4000 + HTTP status, like the panel's other websockets).
 CLOSE_ENDED = 4000  # the session ended or could not open; the last JSON message says why
