@@ -39,6 +39,8 @@ CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("VZPANEL_CSRF_TRUSTED_ORIGINS"
 VZPANEL_NODE = os.environ.get("VZPANEL_NODE", "local")
 REDIS_URL = os.environ.get("REDIS_URL", f"unix://{STATE_DIR / 'run' / 'redis.sock'}")
 VZ_ROOT = os.environ.get("VZ_ROOT", "")
+# Where the node agent writes VE backups; empty: the engine's own <VZ_ROOT>/backups (/var/lib/vz/backups).
+BACKUP_DIR = os.environ.get("VZPANEL_BACKUP_DIR", "")
 VZPANEL_WEB_USER = os.environ.get("VZPANEL_WEB_USER", "vzpanel")
 RECONCILE_INTERVAL = int(os.environ.get("VZPANEL_RECONCILE_INTERVAL", "30"))
 # Web console (vzpanel.console): sessions live in the node agent's console daemon.

@@ -7,10 +7,12 @@ from channels.testing import WebsocketCommunicator
 
 from vzpanel.asgi import application
 from vzpanel.tasks.models import Task
-from vzpanel.ves.models import VE
+from vzpanel.ves.models import VE, Backup, Snapshot
 
 CTID = 101
-PAGE_GETS = ["/ves/{ctid}/", "/ves/{ctid}/status/", "/ves/{ctid}/console/"]
+PAGE_GETS = ["/ves/{ctid}/", "/ves/{ctid}/status/", "/ves/{ctid}/console/", "/ves/{ctid}/snapshots/",
+             "/ves/{ctid}/backups/"]
+BACKUP_ID = 7  # the owner's VE's backup (fixture stored)
 PAGE_POSTS = [
     ("/ves/{ctid}/start/", {}),
     ("/ves/{ctid}/stop/", {}),
@@ -19,7 +21,15 @@ PAGE_POSTS = [
     ("/ves/{ctid}/set_password/", {"root_password": "s3cret-pass", "confirm": "s3cret-pass"}),
     ("/ves/{ctid}/set_hostname/", {"hostname": "stolen"}),
     ("/ves/{ctid}/destroy/", {"confirm": "{ctid}"}),
+    ("/ves/{ctid}/destroy/", {"confirm": "{ctid}", "delete_backups": "on"}),
     ("/ves/{ctid}/apply-plan/", {}),
+    ("/ves/{ctid}/snapshots/new/", {"name": "mine-now"}),
+    ("/ves/{ctid}/snapshots/snap1/rollback/", {"confirm": "on"}),
+    ("/ves/{ctid}/snapshots/snap1/delete/", {}),
+    ("/ves/{ctid}/backups/new/", {}),
+    ("/ves/{ctid}/backups/7/restore/", {"confirm": "on"}),
+    ("/ves/{ctid}/backups/7/delete/", {}),
+    ("/ves/backups/7/delete/", {}),
 ]
 API_CALLS = [
     ("get", "/api/ves/{ctid}/", None),
@@ -32,6 +42,15 @@ API_CALLS = [
     ("post", "/api/ves/{ctid}/set-hostname/", {"hostname": "stolen"}),
     ("post", "/api/ves/{ctid}/apply-plan/", {}),
     ("delete", "/api/ves/{ctid}/", None),
+    ("delete", "/api/ves/{ctid}/?delete_backups=true", None),
+    ("get", "/api/ves/{ctid}/snapshots/", None),
+    ("post", "/api/ves/{ctid}/snapshots/", {"name": "mine-now"}),
+    ("post", "/api/ves/{ctid}/snapshots/snap1/rollback/", {}),
+    ("delete", "/api/ves/{ctid}/snapshots/snap1/", None),
+    ("get", "/api/ves/{ctid}/backups/", None),
+    ("post", "/api/ves/{ctid}/backups/", {}),
+    ("post", "/api/ves/{ctid}/backups/7/restore/", {}),
+    ("delete", "/api/ves/{ctid}/backups/7/", None),
 ]
 TASK_PAGES = [("get", "/tasks/{task}/"), ("get", "/tasks/{task}/panel/"), ("post", "/tasks/{task}/cancel/")]
 TASK_API = [("get", "/api/tasks/{task}/"), ("post", "/api/tasks/{task}/cancel/")]
@@ -43,10 +62,21 @@ def queued_task(owner_ve, owner):
     return Task.objects.create(ve=owner_ve, node=owner_ve.node, action="start", user=owner)
 
 
+@pytest.fixture
+def stored(owner_ve):
+    """A snapshot and a backup (id 7) of the owner's VE, for the outsider to aim at."""
+    from django.utils import timezone
+
+    Snapshot.objects.create(ve=owner_ve, name="snap1", created_at=timezone.now())
+    return Backup.objects.create(pk=BACKUP_ID, ve=owner_ve, node=owner_ve.node, ctid=owner_ve.ctid,
+                                 path="/nonexistent/ve-101.tar.zst", created_at=timezone.now())
+
+
 def snapshot(ve):
     ve.refresh_from_db()
     tasks = list(Task.objects.values_list("id", "status"))
-    return (ve.status, ve.hostname, ve.owner_id), tasks
+    storage = (list(Snapshot.objects.values_list("id", "name")), list(Backup.objects.values_list("id", "deleted_at")))
+    return (ve.status, ve.hostname, ve.owner_id), tasks, storage
 
 
 def ws_connect(user, path):
@@ -66,19 +96,20 @@ def ws_connect(user, path):
 
 class TestOutsider:
     @pytest.mark.parametrize("path", PAGE_GETS)
-    def test_it_gets_404_from_ve_pages(self, client_for, outsider, owner_ve, path):
+    def test_it_gets_404_from_ve_pages(self, client_for, outsider, owner_ve, stored, path):
         assert client_for(outsider).get(path.format(ctid=CTID)).status_code == 404
 
     @pytest.mark.parametrize(("path", "data"), PAGE_POSTS)
     def test_it_gets_404_from_ve_actions_and_changes_nothing(self, client_for, outsider, owner_ve, queued_task,
-                                                              path, data):
+                                                              stored, path, data):
         before = snapshot(owner_ve)
         data = {k: v.format(ctid=CTID) for k, v in data.items()}
         assert client_for(outsider).post(path.format(ctid=CTID), data).status_code == 404
         assert snapshot(owner_ve) == before
 
     @pytest.mark.parametrize(("method", "path", "data"), API_CALLS)
-    def test_it_gets_404_from_the_api_and_changes_nothing(self, api_for, outsider, owner_ve, method, path, data):
+    def test_it_gets_404_from_the_api_and_changes_nothing(self, api_for, outsider, owner_ve, stored, method, path,
+                                                          data):
         before = snapshot(owner_ve)
         response = getattr(api_for(outsider), method)(path.format(ctid=CTID), data, format="json")
         assert response.status_code == 404
@@ -113,7 +144,7 @@ class TestOutsider:
         assert not Task.objects.exists()
 
     def test_it_gets_404_from_admin_pages(self, client_for, outsider):
-        for path in ("/audit/", "/account/users/", "/plans/", "/account/users/new/"):
+        for path in ("/audit/", "/account/users/", "/plans/", "/account/users/new/", "/ves/backups/"):
             assert client_for(outsider).get(path).status_code == 404, path
         assert client_for(outsider).get("/django-admin/").status_code == 302  # Django's own login
 
@@ -135,7 +166,7 @@ class TestAnonymous:
 
 class TestOwner:
     @pytest.mark.parametrize("path", PAGE_GETS)
-    def test_it_sees_its_ve_pages(self, client_for, owner, owner_ve, path):
+    def test_it_sees_its_ve_pages(self, client_for, owner, owner_ve, stored, path):
         assert client_for(owner).get(path.format(ctid=CTID)).status_code == 200
 
     @pytest.mark.parametrize(("method", "path"), TASK_PAGES[:2] + TASK_API[:1])
@@ -179,3 +210,15 @@ class TestAdmin:
     def test_it_sees_no_destroyed_ve_pages(self, client_for, admin, owner_ve):
         VE.objects.filter(pk=owner_ve.pk).update(status="destroyed")
         assert client_for(admin).get(f"/ves/{CTID}/").status_code == 404
+
+    def test_only_it_reaches_a_destroyed_ves_kept_backups(self, client_for, api_for, admin, owner, teacher, owner_ve,
+                                                          stored):
+        VE.objects.filter(pk=owner_ve.pk).update(status="destroyed")
+        for user in (owner, teacher):
+            assert client_for(user).get("/ves/backups/").status_code == 404
+            assert client_for(user).post(f"/ves/backups/{BACKUP_ID}/delete/").status_code == 404
+            assert api_for(user).get(f"/api/ves/{CTID}/backups/").status_code == 404
+        assert not Task.objects.exists()
+        assert "/nonexistent/ve-101.tar.zst" in client_for(admin).get("/ves/backups/").content.decode()
+        assert client_for(admin).post(f"/ves/backups/{BACKUP_ID}/delete/").status_code == 302
+        assert Task.objects.get().action == "backup_delete"

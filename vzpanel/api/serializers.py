@@ -4,7 +4,7 @@ from rest_framework import serializers
 from vzpanel.audit.models import AuditEntry
 from vzpanel.nodes.models import Template
 from vzpanel.tasks.models import Task
-from vzpanel.ves.models import VE
+from vzpanel.ves.models import VE, Backup, Snapshot
 
 
 class VESerializer(serializers.ModelSerializer):
@@ -81,3 +81,31 @@ class AuditEntrySerializer(serializers.ModelSerializer):
     class Meta:
         model = AuditEntry
         fields = ["id", "at", "username", "action", "ctid", "ip", "result", "detail", "task"]
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Snapshot
+        fields = ["name", "description", "created_at", "ve_state", "size_bytes", "exclusive_bytes"]
+        read_only_fields = fields
+
+
+class SnapshotCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="",
+                                 help_text="letters, digits, '.', '_', '-' (64 at most); default: the date and time")
+    description = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+
+
+class BackupSerializer(serializers.ModelSerializer):
+    ve = serializers.IntegerField(source="ctid", read_only=True)
+    file = serializers.CharField(source="file_name", read_only=True)
+    verified = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Backup
+        fields = ["id", "ve", "file", "created_at", "size_bytes", "files", "data_bytes", "sha256", "verified",
+                  "verified_at", "automatic"]
+        read_only_fields = fields
+
+    def get_verified(self, backup) -> bool:
+        return backup.verified_at is not None

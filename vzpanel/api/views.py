@@ -84,9 +84,76 @@ class VEViewSet(viewsets.ViewSet):
         data = self.validated(s.VECreateSerializer)
         return accepted(services.create_ve(request.user, request=request, **data))
 
-    @extend_schema(responses={202: s.TaskSerializer})
+    @extend_schema(parameters=[OpenApiParameter("delete_backups", bool, description="also delete the VE's backups "
+                                                "(default: keep them; then only admins can reach them)")],
+                   responses={202: s.TaskSerializer})
     def destroy(self, request, ctid=None):
-        return self.act(services.Task.Action.DESTROY)
+        ve = self.get_ve()
+        flag = request.query_params.get("delete_backups", "false").lower()
+        if flag not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValidationError({"delete_backups": ["Use true or false."]})
+        return accepted(services.request_action(request.user, ve, Task.Action.DESTROY, request=request,
+                                                delete_backups=flag in ("true", "1", "yes")))
+
+    # --- snapshots and backups (each change is a task; the lists are what the node agent last read) ---
+
+    @extend_schema(methods=["GET"], responses=s.SnapshotSerializer(many=True),
+                   description="The VE's snapshots, oldest first (as the node agent last read them).")
+    @extend_schema(methods=["POST"], request=s.SnapshotCreateSerializer, responses={202: s.TaskSerializer},
+                   description="Take a snapshot (the VE keeps running). Refused beyond the plan's snapshots per VE.")
+    @action(detail=True, methods=["get", "post"])
+    def snapshots(self, request, ctid=None):
+        ve = self.get_ve()
+        if request.method == "GET":
+            return Response(s.SnapshotSerializer(ve.snapshots.all(), many=True).data)
+        data = self.validated(s.SnapshotCreateSerializer)
+        return accepted(services.request_action(request.user, ve, Task.Action.SNAPSHOT, request=request, **data))
+
+    @extend_schema(request=None, responses={202: s.TaskSerializer},
+                   parameters=[OpenApiParameter("name", str, OpenApiParameter.PATH)],
+                   description="Roll the VE's files back to the snapshot; a running VE is restarted.")
+    @action(detail=True, methods=["post"], url_path=r"snapshots/(?P<name>[^/]+)/rollback")
+    def snapshot_rollback(self, request, ctid=None, name=None):
+        ve = self.get_ve()
+        return accepted(services.request_action(request.user, ve, Task.Action.SNAPSHOT_ROLLBACK, request=request,
+                                                name=name))
+
+    @extend_schema(request=None, responses={202: s.TaskSerializer},
+                   parameters=[OpenApiParameter("name", str, OpenApiParameter.PATH)])
+    @action(detail=True, methods=["delete"], url_path=r"snapshots/(?P<name>[^/]+)")
+    def snapshot_delete(self, request, ctid=None, name=None):
+        ve = self.get_ve()
+        return accepted(services.request_action(request.user, ve, Task.Action.SNAPSHOT_DELETE, request=request,
+                                                name=name))
+
+    @extend_schema(methods=["GET"], responses=s.BackupSerializer(many=True),
+                   description="The VE's backups, newest first.")
+    @extend_schema(methods=["POST"], request=None, responses={202: s.TaskSerializer},
+                   description="Back the VE up now (while it runs); the oldest beyond the plan's number is removed.")
+    @action(detail=True, methods=["get", "post"])
+    def backups(self, request, ctid=None):
+        ve = self.get_ve()
+        if request.method == "GET":
+            return Response(s.BackupSerializer(ve.backups.kept(), many=True).data)
+        return accepted(services.request_action(request.user, ve, Task.Action.BACKUP, request=request))
+
+    @extend_schema(request=None, responses={202: s.TaskSerializer},
+                   parameters=[OpenApiParameter("backup_id", int, OpenApiParameter.PATH)],
+                   description="Restore the backup over this VE (its files and settings are replaced; a running "
+                               "VE is restarted).")
+    @action(detail=True, methods=["post"], url_path=r"backups/(?P<backup_id>[^/]+)/restore")
+    def backup_restore(self, request, ctid=None, backup_id=None):
+        ve = self.get_ve()
+        return accepted(services.request_action(request.user, ve, Task.Action.RESTORE, request=request,
+                                                backup=backup_id))
+
+    @extend_schema(request=None, responses={202: s.TaskSerializer},
+                   parameters=[OpenApiParameter("backup_id", int, OpenApiParameter.PATH)])
+    @action(detail=True, methods=["delete"], url_path=r"backups/(?P<backup_id>[^/]+)")
+    def backup_delete(self, request, ctid=None, backup_id=None):
+        ve = self.get_ve()
+        return accepted(services.request_action(request.user, ve, Task.Action.BACKUP_DELETE, request=request,
+                                                backup=backup_id))
 
     @extend_schema(request=None, responses={202: s.TaskSerializer})
     @action(detail=True, methods=["post"])

@@ -5,7 +5,7 @@ import logging
 from django.utils import timezone
 
 from vzpanel.audit import log as audit
-from vzpanel.tasks.jobs import engine, mark_destroyed, publish_ve
+from vzpanel.tasks.jobs import after_reconcile, engine, mark_destroyed, publish_ve
 from vzpanel.tasks.models import Task
 from vzpanel.ves.models import VE
 
@@ -22,6 +22,7 @@ def reconcile_node(node_name: str) -> dict:
     counts["swept"] = sweep_dead_tasks(node)
     sync_templates(node, eng)
     reported = {info.ctid: info for info in eng.list()}
+    counts.update(after_reconcile(node, eng, reported))  # snapshots made outside the panel, daily backups
     busy = set(Task.objects.active().filter(node=node).values_list("ve_id", flat=True))
     for ve in VE.objects.live().filter(node=node):
         if ve.pk in busy:

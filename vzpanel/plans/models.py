@@ -21,6 +21,17 @@ class Plan(models.Model):
         "web console", max_length=8, choices=ConsoleMode.choices, default=ConsoleMode.ROOT,
         help_text="What the console of a VE opens: a shell already logged in as root, or the VE's login prompt.",
     )
+    max_snapshots = models.PositiveSmallIntegerField(
+        "snapshots per VE", default=3, validators=[MaxValueValidator(100)],
+        help_text="How many snapshots each VE may hold (0: none). A snapshot beyond it is refused.",
+    )
+    max_backups = models.PositiveSmallIntegerField(
+        "backups kept per VE", default=3, validators=[MaxValueValidator(100)],
+        help_text="How many backups are kept per VE (0: no backups); after a new one the oldest beyond it is removed.",
+    )
+    backup_daily = models.BooleanField(
+        "daily backup", default=False, help_text="Back up each VE of this plan once a day, automatically.",
+    )
 
     class Meta:
         ordering = ["name"]

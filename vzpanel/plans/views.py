@@ -15,11 +15,26 @@ from .models import Plan
 class PlanForm(forms.ModelForm):
     class Meta:
         model = Plan
-        fields = ["name", "description", "ram_mb", "swap_mb", "cpus", "disk_gb", "nproc", "max_ves", "console_mode"]
+        fields = ["name", "description", "ram_mb", "swap_mb", "cpus", "disk_gb", "nproc", "max_ves", "console_mode",
+                  "max_snapshots", "max_backups", "backup_daily"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["console_mode"].required = False  # left out: a root shell, as before the field existed
+        for name in ("max_snapshots", "max_backups"):  # left out: the plan's current number (or the default)
+            self.fields[name].required = False
+
+    def _kept(self, name):
+        value = self.cleaned_data.get(name)
+        if value is None:
+            value = getattr(self.instance, name) if self.instance.pk else Plan._meta.get_field(name).default
+        return value
+
+    def clean_max_snapshots(self):
+        return self._kept("max_snapshots")
+
+    def clean_max_backups(self):
+        return self._kept("max_backups")
 
     def clean_console_mode(self):
         return self.cleaned_data.get("console_mode") or Plan.ConsoleMode.ROOT

@@ -3,12 +3,16 @@
 These run inside the node agent (root); the web process never calls them.
 """
 
+import datetime
 import logging
 import os
+from pathlib import Path
 
+from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
-from vzpanel.ves.models import VE
+from vzpanel.ves.models import VE, Backup, Snapshot
 
 from .errors import TaskFailed
 from .models import Task
@@ -98,6 +102,8 @@ def do_reinstall(task, progress, eng, root_password=None):
     )
     if root_password:
         info = eng.set(task.ve.ctid, userpasswd=root_passwd(root_password), progress=progress)
+    if getattr(eng, "snapshot_list", None):
+        sync_snapshots(task.ve, eng)  # the engine keeps the old root as snapshot before-reinstall-<time>
     return info
 
 
@@ -128,9 +134,151 @@ def do_set_limits(task, progress, eng):
 
 def do_destroy(task, progress, eng):
     ve = task.ve
-    eng.destroy(ve.ctid, progress=progress)
+    eng.destroy(ve.ctid, progress=progress)  # its snapshots go with it
     mark_destroyed(ve)
-    return {"ctid": ve.ctid, "destroyed": True}
+    ve.snapshots.all().delete()
+    deleted = []
+    if task.params.get("delete_backups"):
+        for backup in ve.backups.kept():
+            remove_backup(backup, "with its VE")
+            deleted.append(backup.pk)
+        if deleted:
+            progress(100, f"Deleted {len(deleted)} backup(s) of VE {ve.ctid}")
+    elif ve.backups.kept().exists():
+        progress(100, f"Kept {ve.backups.kept().count()} backup(s) of VE {ve.ctid} (admins can restore or delete them)")
+    return {"ctid": ve.ctid, "destroyed": True, "backups_deleted": deleted}
+
+
+# --- snapshots and backups -------------------------------------------------------------------------------
+
+
+def engine_time(value: str):
+    """A time as the engine writes it (2026-01-02T03:04:05+0000), or None."""
+    try:
+        return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S%z")
+    except (TypeError, ValueError):
+        return None
+
+
+def sync_snapshots(ve: VE, eng) -> list[str]:
+    """Make ve's Snapshot rows what the engine lists (names, times, sizes); return the names."""
+    snaps = eng.snapshot_list(ve.ctid)
+    names = [info.name for info in snaps]
+    with transaction.atomic():
+        ve.snapshots.exclude(name__in=names).delete()
+        for info in snaps:
+            Snapshot.objects.update_or_create(ve=ve, name=info.name, defaults={
+                "description": (info.description or "")[:500],
+                "created_at": engine_time(info.created) or timezone.now(),
+                "ve_state": info.ve_state or "",
+                "size_bytes": info.referenced,
+                "exclusive_bytes": info.exclusive,
+            })
+    return names
+
+
+def do_snapshot(task, progress, eng):
+    ve, name = task.ve, task.params["name"]
+    eng.snapshot(ve.ctid, name, task.params.get("description", ""), progress=progress)
+    sync_snapshots(ve, eng)
+    return {"snapshot": name}
+
+
+def do_snapshot_rollback(task, progress, eng):
+    ve, name = task.ve, task.params["name"]
+    info = eng.snapshot_switch(ve.ctid, name, progress=progress)  # stops and starts a running VE
+    save_info(ve, info)
+    sync_snapshots(ve, eng)
+    return {"snapshot": name, **info.to_dict()}
+
+
+def do_snapshot_delete(task, progress, eng):
+    ve, name = task.ve, task.params["name"]
+    eng.snapshot_delete(ve.ctid, name, progress=progress)
+    sync_snapshots(ve, eng)
+    return {"deleted": name}
+
+
+def backup_dir():
+    """Where this node writes backups: VZPANEL_BACKUP_DIR, else the engine's <root>/backups."""
+    return settings.BACKUP_DIR or None
+
+
+def remove_backup(backup: Backup, why: str) -> None:
+    """Delete a backup's archive from this node (only one of ours: a .tar.zst file) and mark its row deleted."""
+    path = Path(backup.path)
+    if path.name.endswith(".tar.zst") and not path.is_symlink():
+        path.unlink(missing_ok=True)
+    backup.deleted_at = timezone.now()
+    backup.deleted_why = why[:200]
+    backup.save(update_fields=["deleted_at", "deleted_why"])
+
+
+def rotate_backups(ve: VE, progress) -> list[int]:
+    """Remove ve's oldest backups beyond its owner's plan's max_backups (the newest one always stays)."""
+    plan = ve.owner.plan if ve.owner_id and ve.owner is not None else None
+    if plan is None:
+        return []
+    keep = max(plan.max_backups, 1)
+    removed = []
+    for old in ve.backups.kept().order_by("-created_at", "-id")[keep:]:
+        remove_backup(old, f"rotated out: plan {plan.name} keeps {keep}")
+        removed.append(old.pk)
+        progress(None, f"Removed the oldest backup ({old.file_name}, {old.created_at:%Y-%m-%d %H:%M}): "
+                       f"plan {plan.name} keeps {keep} per VE")
+    return removed
+
+
+def do_backup(task, progress, eng):
+    """Back the VE up (from a snapshot while it runs), verify the archive, record it, rotate the oldest out."""
+    from vzengine import VZError
+
+    ve = task.ve
+    written = eng.backup(ve.ctid, backup_dir(), progress=lambda p, m: progress(p * 3 // 4, m))
+    try:
+        manifest = eng.backup_verify(written.path, progress=lambda p, m: progress(75 + p // 5, m))
+    except VZError as exc:
+        Path(written.path).unlink(missing_ok=True)
+        raise TaskFailed(f"The backup was written but did not verify ({exc}); it was removed.") from None
+    backup = Backup.objects.create(
+        ve=ve, node=task.node, ctid=ve.ctid, path=str(written.path), size_bytes=written.size,
+        files=manifest.get("files"), data_bytes=manifest.get("bytes"), sha256=manifest.get("sha256", ""),
+        created_at=engine_time(manifest.get("created")) or timezone.now(), verified_at=timezone.now(),
+        automatic=bool(task.params.get("automatic")), task=task,
+    )
+    rotated = rotate_backups(ve, progress)
+    return {"backup": backup.pk, "size": backup.size_bytes, "verified": True, "rotated": rotated}
+
+
+def do_restore(task, progress, eng):
+    """Put a backup of the VE back over it (stopped and started again if it runs), then its panel limits."""
+    from vzengine import VZError
+
+    ve = task.ve
+    backup = Backup.objects.kept().filter(pk=task.params.get("backup"), ve=ve).first()
+    if backup is None:
+        raise TaskFailed(f"Backup {task.params.get('backup')} of VE {ve.ctid} is gone.")
+    if not Path(backup.path).is_file():
+        raise TaskFailed(f"The file of backup {backup.pk} ({backup.file_name}) is no longer on node {task.node.name}.")
+    info = eng.restore(backup.path, ve.ctid, force=True, progress=progress)
+    Backup.objects.filter(pk=backup.pk).update(verified_at=timezone.now())  # a restore checks every checksum
+    if ve.limits:  # the archive holds the config of its day; the panel's limits are the ones in effect
+        try:
+            info = eng.set(ve.ctid, save=True, **engine_limits(ve.limits))
+        except VZError as exc:
+            progress(None, f"Restored, but the VE's limits could not be set again: {exc}")
+    save_info(ve, info)
+    sync_snapshots(ve, eng)
+    return {"backup": backup.pk, **info.to_dict()}
+
+
+def do_backup_delete(task, progress, eng):
+    backup = Backup.objects.kept().filter(pk=task.params.get("backup"), ve=task.ve).first()
+    if backup is None:
+        raise TaskFailed(f"Backup {task.params.get('backup')} was already deleted.")
+    remove_backup(backup, f"deleted by {task.user.get_username() if task.user else 'the system'}")
+    progress(100, f"Backup {backup.pk} ({backup.file_name}) deleted")
+    return {"deleted": backup.pk}
 
 
 HANDLERS = {
@@ -143,7 +291,17 @@ HANDLERS = {
     Task.Action.SET_HOSTNAME: do_set_hostname,
     Task.Action.DESTROY: do_destroy,
     Task.Action.SET_LIMITS: do_set_limits,
+    Task.Action.SNAPSHOT: do_snapshot,
+    Task.Action.SNAPSHOT_ROLLBACK: do_snapshot_rollback,
+    Task.Action.SNAPSHOT_DELETE: do_snapshot_delete,
+    Task.Action.BACKUP: do_backup,
+    Task.Action.RESTORE: do_restore,
+    Task.Action.BACKUP_DELETE: do_backup_delete,
 }
+
+
+SNAPSHOT_TASKS = (Task.Action.SNAPSHOT, Task.Action.SNAPSHOT_ROLLBACK, Task.Action.SNAPSHOT_DELETE,
+                  Task.Action.RESTORE)
 
 
 def run(task: Task, progress, **secrets):
@@ -174,6 +332,8 @@ def after_failure(task: Task) -> None:
         eng = engine()
         try:
             save_info(ve, eng.status(ve.ctid))
+            if task.action in SNAPSHOT_TASKS:  # e.g. a snapshot deleted outside the panel: show what is there
+                sync_snapshots(ve, eng)
         except NotFound:
             if task.action == Task.Action.CREATE:
                 mark_destroyed(ve)  # never built: give the quota back
@@ -183,3 +343,31 @@ def after_failure(task: Task) -> None:
                 publish_ve(ve)
     except Exception:
         log.warning("could not refresh VE %s after task %s", ve.ctid, task.pk, exc_info=True)
+
+
+def after_reconcile(node, eng, reported: dict) -> dict:
+    """The reconcile job's part for snapshots and backups: re-read the snapshots of VEs whose count on the
+    node differs from the panel's (taken or deleted with vzctl, a classroom reset), and queue daily backups."""
+    from vzpanel.ves.services import queue_daily_backups
+
+    synced = 0
+    counts = dict(VE.objects.live().filter(node=node, ctid__in=list(reported)).values_list("ctid", "pk"))
+    have = {}
+    for ve_id in Snapshot.objects.filter(ve_id__in=counts.values()).values_list("ve_id", flat=True):
+        have[ve_id] = have.get(ve_id, 0) + 1
+    busy = set(Task.objects.active().filter(node=node).values_list("ve_id", flat=True))
+    for ctid, pk in counts.items():
+        on_node = (getattr(reported[ctid], "extra", None) or {}).get("snapshots", 0)
+        if pk in busy or on_node == have.get(pk, 0) or not getattr(eng, "snapshot_list", None):
+            continue
+        try:
+            sync_snapshots(VE.objects.get(pk=pk), eng)
+            synced += 1
+        except Exception:
+            log.info("could not re-read the snapshots of VE %s", ctid, exc_info=True)
+    try:
+        queued = len(queue_daily_backups(node))
+    except Exception:
+        log.exception("queueing the daily backups of %s failed", node.name)
+        queued = 0
+    return {"snapshots_synced": synced, "daily_backups": queued}

@@ -39,6 +39,12 @@ class Task(models.Model):
         SET_HOSTNAME = "set_hostname", "set hostname"
         SET_LIMITS = "set_limits", "set limits"
         DESTROY = "destroy", "destroy"
+        SNAPSHOT = "snapshot", "take snapshot"
+        SNAPSHOT_ROLLBACK = "snapshot_rollback", "roll back to snapshot"
+        SNAPSHOT_DELETE = "snapshot_delete", "delete snapshot"
+        BACKUP = "backup", "back up"
+        RESTORE = "restore", "restore backup"
+        BACKUP_DELETE = "backup_delete", "delete backup"
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)
     FINISHED = (Status.COMPLETED, Status.FAILED, Status.ERRORED, Status.CANCELLED)

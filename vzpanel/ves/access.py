@@ -7,7 +7,7 @@ from django.http import Http404
 
 from vzpanel.tasks.models import Task
 
-from .models import VE
+from .models import VE, Backup
 
 
 def visible_ves(user):
@@ -47,3 +47,13 @@ def find_task(user, task_id) -> Task | None:
         return get_task_or_404(user, task_id)
     except Http404:
         return None
+
+
+def visible_backups(user):
+    """Return the backups user may see: admins every one (also a destroyed VE's kept backups); anyone else
+    the backups of live VEs they may see, so a destroyed VE's backups are out of their reach."""
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return Backup.objects.none()
+    if user.is_panel_admin:
+        return Backup.objects.all()
+    return Backup.objects.filter(ve__in=visible_ves(user))

@@ -87,6 +87,10 @@ class ReinstallForm(ServiceCheckedForm):
 
 class DestroyForm(forms.Form):
     confirm = forms.CharField(label="Type the CTID to confirm")
+    delete_backups = forms.BooleanField(
+        required=False, initial=False, label="Also delete its backups",
+        help_text="Left unticked, its backups are kept: an admin can still restore them (you will not see them).",
+    )
 
     def __init__(self, *args, ve, **kwargs):
         super().__init__(*args, **kwargs)
@@ -156,3 +160,22 @@ class BulkForm(forms.Form):
         if not self.ctid_list:
             raise forms.ValidationError("Select at least one VE.")
         return data
+
+
+class SnapshotForm(ServiceCheckedForm):
+    name = forms.CharField(required=False, max_length=200, label="Name",
+                           help_text="Optional, e.g. before-upgrade: letters, digits, '.', '_', '-'. "
+                                     "Default: the date and time.")
+    description = forms.CharField(required=False, max_length=1000, label="Description", help_text="Optional.")
+
+    def clean_name(self):
+        return self.check("name", services.clean_snapshot_name)
+
+    def clean_description(self):
+        return self.check("description", services.clean_description)
+
+
+class ConfirmForm(forms.Form):
+    """A rollback or restore: the box must be ticked."""
+
+    confirm = forms.BooleanField(error_messages={"required": "Tick the box to confirm: nothing was changed."})

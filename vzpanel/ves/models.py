@@ -103,3 +103,69 @@ class VE(models.Model):
         for name in changed:
             setattr(self, name, fields[name])
         return changed
+
+
+class Snapshot(models.Model):
+    """A snapshot of a VE's files as its node's engine last reported it (rows written by the node agent's jobs)."""
+
+    ve = models.ForeignKey(VE, on_delete=models.CASCADE, related_name="snapshots")
+    name = models.CharField(max_length=64)
+    description = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField()
+    ve_state = models.CharField(max_length=16, blank=True, help_text="the VE's state when it was taken")
+    size_bytes = models.BigIntegerField(null=True, blank=True, help_text="bytes its files take")
+    exclusive_bytes = models.BigIntegerField(null=True, blank=True, help_text="bytes deleting it frees")
+    synced_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "name"]
+        constraints = [models.UniqueConstraint(fields=["ve", "name"], name="unique_snapshot_name_per_ve")]
+
+    def __str__(self):
+        return f"snapshot {self.name} of VE {self.ve.ctid}"
+
+
+class BackupQuerySet(models.QuerySet):
+    def kept(self) -> "BackupQuerySet":
+        """Return the backups whose file is (still) on the node: not deleted."""
+        return self.filter(deleted_at__isnull=True)
+
+
+class Backup(models.Model):
+    """A backup archive of a VE on its node (written, verified and deleted by the node agent's jobs).
+
+    Rows outlive their VE (a destroyed VE's kept backups); only admins reach those (ves.access).
+    A deleted backup keeps its row (deleted_at set) so that a second delete is refused in words.
+    """
+
+    ve = models.ForeignKey(VE, on_delete=models.CASCADE, related_name="backups")
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="backups")
+    ctid = models.PositiveIntegerField("CTID")
+    path = models.CharField(max_length=1000, help_text="the archive on the node")
+    size_bytes = models.BigIntegerField(default=0)
+    files = models.PositiveIntegerField(null=True, blank=True)
+    data_bytes = models.BigIntegerField(null=True, blank=True, help_text="bytes of file data in it")
+    sha256 = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField()
+    verified_at = models.DateTimeField(null=True, blank=True, help_text="when its checksums were last checked")
+    automatic = models.BooleanField(default=False, help_text="made by the plan's daily backup")
+    task = models.ForeignKey("tasks.Task", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_why = models.CharField(max_length=200, blank=True)
+
+    objects = BackupQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["ve", "deleted_at"])]
+
+    def __str__(self):
+        return f"backup {self.pk} of VE {self.ctid}"
+
+    @property
+    def file_name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None

@@ -13,13 +13,15 @@ from vzpanel.core.decorators import admin_required, is_htmx
 from vzpanel.tasks.models import Task
 
 from . import services
-from .access import get_ve_or_404, visible_ves
+from .access import get_ve_or_404, visible_backups, visible_ves
 from .forms import (
     BulkForm,
+    ConfirmForm,
     DestroyForm,
     HostnameForm,
     PasswordForm,
     ReinstallForm,
+    SnapshotForm,
     VECreateForm,
     VEFilterForm,
 )
@@ -71,6 +73,7 @@ def detail_context(request, ve, **forms):
         "reinstall_form": ReinstallForm(ve=ve),
         "destroy_form": DestroyForm(ve=ve),
         "allowed": {a: ve.status in s for a, s in services.ALLOWED_FROM.items()},
+        "usage": usage_summary(ve),
         **limits_context(ve),
     }
     context.update(forms)
@@ -131,6 +134,9 @@ FORMS = {
 def ve_action(request, ctid, action):
     """Queue one action on a VE; on bad input show the VE page again with the form's errors."""
     ve = get_ve_or_404(request.user, ctid)
+    if action in services.SNAPSHOT_ACTIONS or action in services.BACKUP_ACTIONS:
+        messages.error(request, "Snapshots and backups are managed on their own tabs of the VE page.")
+        return redirect("ves:detail", ve.ctid)
     params = {}
     if action in FORMS:
         name, form_class = FORMS[action]
@@ -213,3 +219,186 @@ def safe_next(request) -> str:
     if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
         return target
     return reverse("ves:list")
+
+
+# --- usage, readable ---------------------------------------------------------------------------------
+
+UNLIMITED = 1 << 60  # cgroup "max" comes through as a huge number
+
+
+def human_bytes(n) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 10 else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def human_seconds(s) -> str:
+    s = float(s)
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60)} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+
+
+def _item(label, used, limit, fmt):
+    if used is None:
+        return None
+    limited = isinstance(limit, (int, float)) and 0 < limit < UNLIMITED
+    item = {"label": label, "used": fmt(used), "limit": fmt(limit) if limited else None, "percent": None}
+    if limited:
+        item["percent"] = min(100, round(100 * used / limit))
+    return item
+
+
+def usage_summary(ve) -> list[dict]:
+    """The VE's last usage reading as a customer reads it: memory and disk against their limits, CPU time,
+    processes. Empty when there is no reading (the VE is not running, or not read yet)."""
+    u = ve.usage or {}
+    if not u:
+        return []
+    limits = ve.limits or {}
+    mib, gib = 1 << 20, 1 << 30
+    items = [
+        _item("Memory", u.get("memory_bytes"),
+              u.get("memory_limit_bytes") or (limits.get("ram_mb") or 0) * mib, human_bytes),
+        _item("Disk", u.get("disk_bytes"), u.get("disk_limit_bytes") or (limits.get("disk_gb") or 0) * gib,
+              human_bytes),
+        _item("CPU time", u.get("cpu_seconds"), None, human_seconds),
+        _item("Processes", u.get("nproc"), u.get("nproc_limit") or limits.get("nproc"), lambda n: f"{int(n)}"),
+    ]
+    return [i for i in items if i is not None]
+
+
+# --- snapshots and backups ---------------------------------------------------------------------------
+
+
+def storage_context(ve, kind: str) -> dict:
+    plan = services.plan_of(ve)
+    active = ve.tasks.filter(status__in=Task.ACTIVE).first()
+    context = {"ve": ve, "plan": plan, "active_task": active, "kind": kind,
+               "allowed": {a: ve.status in s for a, s in services.ALLOWED_FROM.items()}}
+    if kind == "snapshots":
+        context["snapshots"] = list(ve.snapshots.all())
+        context["limit"] = plan.max_snapshots if plan else None
+        context["tasks"] = ve.tasks.filter(action__in=services.SNAPSHOT_ACTIONS).select_related("user")[:5]
+    else:
+        context["backups"] = list(ve.backups.kept())
+        context["limit"] = plan.max_backups if plan else None
+        context["tasks"] = ve.tasks.filter(action__in=services.BACKUP_ACTIONS).select_related("user")[:5]
+    return context
+
+
+def storage_page(request, ve, kind: str, status=200, **forms):
+    context = storage_context(ve, kind)
+    context["snapshot_form"] = forms.get("snapshot_form") or SnapshotForm()
+    template = f"ves/_{kind}.html" if is_htmx(request) else f"ves/ve_{kind}.html"
+    return render(request, template, context, status=status)
+
+
+@login_required
+def ve_snapshots(request, ctid):
+    """The Snapshots tab: take, list (name, time, size), roll back, delete."""
+    return storage_page(request, get_ve_or_404(request.user, ctid), "snapshots")
+
+
+@login_required
+def ve_backups(request, ctid):
+    """The Backups tab: back up now, list (time, size, verified), restore over the VE, delete."""
+    return storage_page(request, get_ve_or_404(request.user, ctid), "backups")
+
+
+def queue_storage_action(request, ve, action, back: str, **params):
+    try:
+        task = services.request_action(request.user, ve, action, request=request, **params)
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{task.get_action_display().capitalize()} of VE {ve.ctid} queued "
+                                  f"(task {task.pk}).")
+    return redirect(back, ve.ctid)
+
+
+@login_required
+@require_POST
+def ve_snapshot_take(request, ctid):
+    ve = get_ve_or_404(request.user, ctid)
+    form = SnapshotForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Please correct the errors below.")
+        return storage_page(request, ve, "snapshots", status=400, snapshot_form=form)
+    return queue_storage_action(request, ve, Task.Action.SNAPSHOT, "ves:snapshots", **form.cleaned_data)
+
+
+def confirmed(request) -> bool:
+    form = ConfirmForm(request.POST)
+    if form.is_valid():
+        return True
+    messages.error(request, form.errors["confirm"][0])
+    return False
+
+
+@login_required
+@require_POST
+def ve_snapshot_rollback(request, ctid, name):
+    ve = get_ve_or_404(request.user, ctid)
+    if not confirmed(request):
+        return redirect("ves:snapshots", ve.ctid)
+    return queue_storage_action(request, ve, Task.Action.SNAPSHOT_ROLLBACK, "ves:snapshots", name=name)
+
+
+@login_required
+@require_POST
+def ve_snapshot_delete(request, ctid, name):
+    ve = get_ve_or_404(request.user, ctid)
+    return queue_storage_action(request, ve, Task.Action.SNAPSHOT_DELETE, "ves:snapshots", name=name)
+
+
+@login_required
+@require_POST
+def ve_backup_now(request, ctid):
+    ve = get_ve_or_404(request.user, ctid)
+    return queue_storage_action(request, ve, Task.Action.BACKUP, "ves:backups")
+
+
+@login_required
+@require_POST
+def ve_backup_restore(request, ctid, backup_id):
+    ve = get_ve_or_404(request.user, ctid)
+    if not confirmed(request):
+        return redirect("ves:backups", ve.ctid)
+    return queue_storage_action(request, ve, Task.Action.RESTORE, "ves:backups", backup=backup_id)
+
+
+@login_required
+@require_POST
+def ve_backup_delete(request, ctid, backup_id):
+    ve = get_ve_or_404(request.user, ctid)
+    return queue_storage_action(request, ve, Task.Action.BACKUP_DELETE, "ves:backups", backup=backup_id)
+
+
+@admin_required
+def kept_backups(request):
+    """Admins: the backups destroyed VEs left behind (nobody else can reach them), to delete."""
+    backups = (visible_backups(request.user).kept().filter(ve__status="destroyed")
+               .select_related("ve", "ve__owner", "node"))
+    return render(request, "ves/kept_backups.html", {"backups": backups})
+
+
+@admin_required
+@require_POST
+def kept_backup_delete(request, backup_id):
+    backup = visible_backups(request.user).select_related("ve").filter(pk=backup_id).first()
+    if backup is None:
+        raise Http404("No such backup.")
+    try:
+        task = services.request_action(request.user, backup.ve, Task.Action.BACKUP_DELETE, request=request,
+                                       backup=backup.pk)
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Backup {backup.pk} of destroyed VE {backup.ctid} is being deleted (task {task.pk}).")
+    return redirect("ves:kept-backups")

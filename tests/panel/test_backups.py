@@ -1,0 +1,326 @@
+"""Snapshots and backups of a VE from the panel: pages, API, plan limits, destroy, permissions, bad input.
+
+The live tests drive a real node agent and a real tiny VE of the private engine root (files are written and
+checked inside the VE with engine.exec); the others check refusals and permissions on the panel alone (no
+task ever runs there).
+"""
+
+from pathlib import Path
+
+import pytest
+
+from tests.panel.conftest import make_ve, wait_task
+from vzpanel.audit.models import AuditEntry
+from vzpanel.tasks.models import Task
+from vzpanel.ves.models import VE, Backup, Snapshot
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def state(ve):
+    """What must not change when a request is refused."""
+    ve.refresh_from_db()
+    return (ve.status, list(Task.objects.values_list("id", "status")),
+            list(Snapshot.objects.values_list("id", "name")),
+            list(Backup.objects.values_list("id", "deleted_at")))
+
+
+@pytest.fixture
+def live_ve(engine, new_ctid, owner, node, plan):
+    """A running tiny VE of the owner; new_ctid destroys it after the test, its backup files go too."""
+    ctid = new_ctid()
+    engine.create(ctid, "tiny", hostname=f"bk{ctid}")
+    engine.start(ctid, wait_boot=True)
+    ve = VE.objects.create(ctid=ctid, node=node, owner=owner, hostname=f"bk{ctid}", ostemplate="tiny",
+                           status="running")
+    yield ve
+    for path in (engine.layout.root / "backups").glob(f"ve-{ctid}-*"):
+        path.unlink(missing_ok=True)
+
+
+def one_task(ve, action) -> Task:
+    task = Task.objects.filter(ve=ve, action=action).order_by("-id").first()
+    assert task is not None, f"no {action} task"
+    task = wait_task(task, timeout=60)
+    assert task.status == "completed", (task.error, task.traceback, task.log)
+    return task
+
+
+def has(engine, ctid, path) -> bool:
+    return engine.exec(ctid, f"test -e {path}").returncode == 0
+
+
+# --- live: real agent, real VE ----------------------------------------------------------------------------
+
+
+@pytest.mark.root
+@pytest.mark.django_db(transaction=True)
+def test_snapshot_then_roll_back_removes_a_file_written_since(node_agent, engine, live_ve, client_for, api_for,
+                                                             owner):
+    ctid = live_ve.ctid
+    web = client_for(owner)
+    init_pid = engine.lxc.init_pid(ctid)
+    response = web.post(f"/ves/{ctid}/snapshots/new/", {"name": "clean", "description": "before the marker"},
+                        follow=True)
+    assert "Take snapshot of VE" in " ".join(messages_of(response))
+    one_task(live_ve, "snapshot")
+    assert engine.lxc.init_pid(ctid) == init_pid  # the VE kept running
+    snap = Snapshot.objects.get(ve=live_ve)
+    assert (snap.name, snap.description, snap.ve_state) == ("clean", "before the marker", "running")
+    assert snap.size_bytes and snap.size_bytes > 0
+    page = web.get(f"/ves/{ctid}/snapshots/").content.decode()
+    assert 'data-snapshot="clean"' in page and "it restarts if running" in page
+
+    assert engine.exec(ctid, "echo later > /root/marker").returncode == 0
+    response = web.post(f"/ves/{ctid}/snapshots/clean/rollback/", {}, follow=True)  # not confirmed
+    assert "Tick the box to confirm" in " ".join(messages_of(response))
+    assert not Task.objects.filter(action="snapshot_rollback").exists()
+    web.post(f"/ves/{ctid}/snapshots/clean/rollback/", {"confirm": "on"})
+    one_task(live_ve, "snapshot_rollback")
+    live_ve.refresh_from_db()
+    assert live_ve.status == "running" and engine.is_running(ctid)
+    assert not has(engine, ctid, "/root/marker")
+
+    response = api_for(owner).delete(f"/api/ves/{ctid}/snapshots/clean/")
+    assert response.status_code == 202
+    one_task(live_ve, "snapshot_delete")
+    assert engine.snapshot_list(ctid) == [] and not Snapshot.objects.exists()
+    assert api_for(owner).get(f"/api/ves/{ctid}/snapshots/").json() == []
+
+
+@pytest.mark.root
+@pytest.mark.django_db(transaction=True)
+def test_back_up_restore_and_rotate_by_the_plan(node_agent, engine, live_ve, client_for, api_for, owner, plan):
+    plan.max_backups = 2
+    plan.save()
+    ctid = live_ve.ctid
+    api, web = api_for(owner), client_for(owner)
+    assert engine.exec(ctid, "echo keep > /root/precious").returncode == 0
+    response = api.post(f"/api/ves/{ctid}/backups/")
+    assert response.status_code == 202
+    one_task(live_ve, "backup")
+    first = Backup.objects.get(ve=live_ve)
+    assert first.verified_at is not None and first.size_bytes > 0 and Path(first.path).is_file()
+    listed = api.get(f"/api/ves/{ctid}/backups/").json()
+    assert [(b["id"], b["verified"]) for b in listed] == [(first.pk, True)]
+
+    assert engine.exec(ctid, "rm /root/precious").returncode == 0
+    web.post(f"/ves/{ctid}/backups/{first.pk}/restore/", {"confirm": "on"})
+    one_task(live_ve, "restore")
+    assert engine.is_running(ctid)
+    assert engine.exec(ctid, "cat /root/precious").stdout.strip() == "keep"
+
+    # the plan keeps 2: the third backup removes the oldest (row marked, file gone)
+    for _ in range(2):
+        web.post(f"/ves/{ctid}/backups/new/")
+        one_task(live_ve, "backup")
+    first.refresh_from_db()
+    assert first.deleted_at is not None and "rotated out" in first.deleted_why
+    assert not Path(first.path).exists()
+    kept = list(Backup.objects.kept().filter(ve=live_ve))
+    assert len(kept) == 2 and all(Path(b.path).is_file() for b in kept)
+    page = web.get(f"/ves/{ctid}/backups/").content.decode()
+    assert f'data-backup="{first.pk}"' not in page and page.count("verified</span>") == 2
+
+    # delete one, then again: the second is refused in words
+    newest = kept[0]
+    response = api.delete(f"/api/ves/{ctid}/backups/{newest.pk}/")
+    assert response.status_code == 202
+    assert api.delete(f"/api/ves/{ctid}/backups/{newest.pk}/").json()["detail"] == (
+        f"Backup {newest.pk} of VE {ctid} is already being deleted (task {response.json()['id']}).")
+    one_task(live_ve, "backup_delete")
+    assert not Path(newest.path).exists()
+    response = api.delete(f"/api/ves/{ctid}/backups/{newest.pk}/")
+    assert response.status_code == 409 and "was already deleted" in response.json()["detail"]
+    assert AuditEntry.objects.filter(action="ve.restore", ctid=ctid).exists()
+
+
+@pytest.mark.root
+@pytest.mark.django_db(transaction=True)
+def test_destroy_keeps_backups_unless_asked_and_only_admins_reach_kept_ones(node_agent, engine, live_ve,
+                                                                           client_for, api_for, owner, admin):
+    ctid = live_ve.ctid
+    api_for(owner).post(f"/api/ves/{ctid}/backups/")
+    backup = Backup.objects.get(pk=one_task(live_ve, "backup").result["backup"])
+    page = client_for(owner).get(f"/ves/{ctid}/").content.decode()
+    assert 'name="delete_backups"' in page and "Also delete its backups" in page
+    client_for(owner).post(f"/ves/{ctid}/destroy/", {"confirm": str(ctid)})  # box left unticked: keep
+    one_task(live_ve, "destroy")
+    assert Path(backup.path).is_file()
+    assert api_for(owner).get(f"/api/ves/{ctid}/backups/").status_code == 404
+    assert api_for(owner).delete(f"/api/ves/{ctid}/backups/{backup.pk}/").status_code == 404
+    for path in (f"/ves/{ctid}/backups/", "/ves/backups/"):
+        assert client_for(owner).get(path).status_code == 404
+    assert client_for(owner).post(f"/ves/backups/{backup.pk}/delete/").status_code == 404
+    assert Path(backup.path).is_file()
+    page = client_for(admin).get("/ves/backups/").content.decode()
+    assert backup.path in page
+    client_for(admin).post(f"/ves/backups/{backup.pk}/delete/")
+    one_task(live_ve, "backup_delete")
+    assert not Path(backup.path).exists()
+
+
+@pytest.mark.root
+@pytest.mark.django_db(transaction=True)
+def test_reconcile_reads_snapshots_made_outside_and_queues_the_daily_backup(node_agent, engine, engine_root,
+                                                                           live_ve, plan, monkeypatch):
+    from vzpanel.nodes.reconcile import reconcile_node
+
+    monkeypatch.setenv("VZ_ROOT", str(engine_root))  # for the reconcile run in this process
+    plan.backup_daily = True
+    plan.save()
+    engine.snapshot(live_ve.ctid, "by-hand", "made with vzctl")
+    counts = reconcile_node(live_ve.node.name)
+    assert counts["snapshots_synced"] == 1 and counts["daily_backups"] == 1
+    assert Snapshot.objects.get(ve=live_ve).description == "made with vzctl"
+    task = one_task(live_ve, "backup")
+    assert task.user is None and task.params == {"automatic": True}
+    assert Backup.objects.get(ve=live_ve).automatic
+    counts = reconcile_node(live_ve.node.name)  # backed up today: not again
+    assert counts["snapshots_synced"] == 0 and counts["daily_backups"] == 0
+    assert Task.objects.filter(action="backup").count() == 1
+
+
+# --- the panel alone: refusals in words, nothing changes ---------------------------------------------------
+
+
+@pytest.fixture
+def stored(owner_ve, node):
+    """A snapshot and a backup row of the owner's VE (no engine behind them: no task runs here)."""
+    from django.utils import timezone
+
+    Snapshot.objects.create(ve=owner_ve, name="snap1", created_at=timezone.now(), size_bytes=1 << 20)
+    return Backup.objects.create(ve=owner_ve, node=node, ctid=owner_ve.ctid, path="/nonexistent/ve-101-x.tar.zst",
+                                 size_bytes=5 << 20, created_at=timezone.now(), verified_at=timezone.now())
+
+
+def test_bad_snapshot_names_are_refused_in_words(client_for, api_for, owner, owner_ve, stored):
+    before = state(owner_ve)
+    response = client_for(owner).post("/ves/101/snapshots/new/", {"name": "../etc/passwd"})
+    assert response.status_code == 400
+    assert "is not a valid snapshot name" in response.content.decode()
+    response = api_for(owner).post("/api/ves/101/snapshots/", {"name": "-dash first"}, format="json")
+    assert response.status_code == 400 and "is not a valid snapshot name" in response.json()["detail"]
+    response = api_for(owner).post("/api/ves/101/snapshots/", {"name": "snap1"}, format="json")
+    assert response.json()["detail"] == "VE 101 already has a snapshot named 'snap1'; choose another name."
+    response = api_for(owner).post("/api/ves/101/snapshots/nope/rollback/")
+    assert response.status_code == 404 and response.json()["detail"] == "VE 101 has no snapshot 'nope'."
+    response = client_for(owner).post("/ves/101/snapshots/snap1/rollback/", {"confirm": "on"}, follow=True)
+    assert "Roll back to snapshot of VE 101 queued" in " ".join(messages_of(response))
+    Task.objects.all().delete()
+    assert state(owner_ve) == before
+
+
+def test_a_snapshot_beyond_the_plan_is_refused(api_for, owner, owner_ve, stored, plan, admin):
+    plan.max_snapshots = 1
+    plan.save()
+    before = state(owner_ve)
+    response = api_for(owner).post("/api/ves/101/snapshots/", {}, format="json")
+    assert response.status_code == 403
+    assert response.json()["detail"] == ("VE 101 has 1 snapshot(s) and its plan small allows 1. "
+                                         "Delete one before taking another.")
+    assert state(owner_ve) == before
+    assert api_for(admin).post("/api/ves/101/snapshots/", {}, format="json").status_code == 202  # admins may
+
+
+def test_backups_refused_by_a_plan_without_them(api_for, owner, owner_ve, plan):
+    plan.max_backups = 0
+    plan.save()
+    response = api_for(owner).post("/api/ves/101/backups/")
+    assert response.status_code == 403 and "includes no backups" in response.json()["detail"]
+    assert not Task.objects.exists()
+
+
+def test_restoring_another_ves_backup_is_refused_in_words(client_for, api_for, owner, outsider, owner_ve, node,
+                                                          stored):
+    mine = make_ve(owner, node, 102)
+    theirs = make_ve(outsider, node, 103)
+    other = Backup.objects.create(ve=theirs, node=node, ctid=103, path="/nonexistent/ve-103.tar.zst",
+                                  created_at=stored.created_at)
+    before = state(owner_ve)
+    api = api_for(owner)
+    response = api.post(f"/api/ves/102/backups/{stored.pk}/restore/")
+    assert response.status_code == 400
+    assert response.json()["detail"] == (f"Backup {stored.pk} is a backup of VE 101, not of VE 102: a backup is "
+                                         "restored over (or deleted from) the VE it was taken of.")
+    # a backup of a VE one may not see is answered like one that does not exist
+    assert api.post(f"/api/ves/101/backups/{other.pk}/restore/").json()["detail"] == f"VE 101 has no backup {other.pk}."
+    assert api.post("/api/ves/101/backups/99999/restore/").json()["detail"] == "VE 101 has no backup 99999."
+    assert api.post("/api/ves/101/backups/abc/restore/").json()["detail"] == "A backup is named by its number (got 'abc')."
+    response = client_for(owner).post(f"/ves/102/backups/{stored.pk}/restore/", {"confirm": "on"}, follow=True)
+    assert "is a backup of VE 101, not of VE 102" in " ".join(messages_of(response))
+    response = client_for(owner).post(f"/ves/101/backups/{stored.pk}/restore/", {}, follow=True)
+    assert "Tick the box to confirm: nothing was changed." in messages_of(response)
+    assert state(owner_ve) == before and mine.tasks.count() == 0
+
+
+def test_deleting_a_deleted_backup_is_refused_in_words(api_for, owner, owner_ve, stored):
+    from django.utils import timezone
+
+    Backup.objects.filter(pk=stored.pk).update(deleted_at=timezone.now(), deleted_why="deleted by oscar-owner")
+    before = state(owner_ve)
+    response = api_for(owner).delete(f"/api/ves/101/backups/{stored.pk}/")
+    assert response.status_code == 409
+    assert response.json()["detail"].startswith(f"Backup {stored.pk} of VE 101 was already deleted (")
+    assert state(owner_ve) == before
+    assert api_for(owner).get("/api/ves/101/backups/").json() == []
+
+
+def test_destroy_asks_about_backups_and_keeps_them_by_default(client_for, api_for, owner, owner_ve, stored):
+    client_for(owner).post("/ves/101/destroy/", {"confirm": "101"})
+    task = Task.objects.get()
+    assert task.params == {"delete_backups": False}
+    assert AuditEntry.objects.get(action="ve.destroy").detail == "keeping its 1 backup(s)"
+    task.delete()
+    response = api_for(owner).delete("/api/ves/101/?delete_backups=true")
+    assert response.status_code == 202 and Task.objects.get().params == {"delete_backups": True}
+    Task.objects.all().delete()
+    assert api_for(owner).delete("/api/ves/101/?delete_backups=perhaps").status_code == 400
+    assert not Task.objects.exists()
+
+
+def test_the_ve_page_shows_usage_a_customer_can_read(client_for, owner, owner_ve):
+    from django.utils import timezone
+
+    owner_ve.usage = {"memory_bytes": 100 << 20, "memory_limit_bytes": 256 << 20, "disk_bytes": 300 << 20,
+                      "disk_limit_bytes": 2 << 30, "cpu_seconds": 125.5, "nproc": 7, "nproc_limit": 128,
+                      "io_read_bytes": 5}
+    owner_ve.usage_at = timezone.now()
+    owner_ve.save()
+    page = client_for(owner).get("/ves/101/").content.decode()
+    usage = page[page.index('id="ve-usage"'):]
+    usage = usage[:usage.index("</dd>")]
+    for text in ("<strong>100 MiB</strong> <span class=\"text-body-secondary\">of 256 MiB</span>",
+                 "<strong>300 MiB</strong> <span class=\"text-body-secondary\">of 2.0 GiB</span>",
+                 "<strong>2 min 5 s</strong>", "<strong>7</strong> <span class=\"text-body-secondary\">of 128</span>"):
+        assert text in usage, text
+    assert "io_read_bytes" not in usage and 'aria-valuenow="39"' in usage
+
+
+def test_plan_form_has_the_backup_fields(client_for, admin, plan):
+    from tests.panel.test_plan_changes import plan_data
+
+    web = client_for(admin)
+    assert web.post(f"/plans/{plan.pk}/", plan_data(plan, max_backups=5, max_snapshots=0,
+                                                    backup_daily="on")).status_code == 302
+    plan.refresh_from_db()
+    assert (plan.max_backups, plan.max_snapshots, plan.backup_daily) == (5, 0, True)
+    assert web.post(f"/plans/{plan.pk}/", plan_data(plan)).status_code == 302  # fields left out: kept
+    plan.refresh_from_db()
+    assert (plan.max_backups, plan.max_snapshots) == (5, 0)
+    response = web.post(f"/plans/{plan.pk}/", {**plan_data(plan), "max_backups": 1000})
+    assert response.status_code == 400
+
+
+def test_the_schema_lists_snapshots_and_backups(api_for, owner):
+    response = api_for(owner).get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"get", "post"} <= set(paths["/api/ves/{ctid}/snapshots/"])
+    assert "post" in paths["/api/ves/{ctid}/snapshots/{name}/rollback/"]
+    assert "delete" in paths["/api/ves/{ctid}/snapshots/{name}/"]
+    assert {"get", "post"} <= set(paths["/api/ves/{ctid}/backups/"])
+    assert "post" in paths["/api/ves/{ctid}/backups/{backup_id}/restore/"]
+    assert "delete" in paths["/api/ves/{ctid}/backups/{backup_id}/"]
