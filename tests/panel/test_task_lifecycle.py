@@ -80,3 +80,30 @@ def test_reconcile_adopts_unknown_ves_and_marks_vanished_ones(engine_root, owner
         assert node.templates.filter(name="tiny").exists()
     finally:
         engine.destroy(992)
+
+
+def test_start_resumes_a_suspended_ve_with_its_processes(node_agent, engine_root, client_for, owner, node):
+    from vzengine import Engine
+
+    engine = Engine(engine_root)
+    ctid = 9601
+    engine.create(ctid, "tiny", hostname="sleeper")
+    try:
+        engine.start(ctid, wait_boot=True)
+        engine.exec(ctid, "setsid sleep 600 </dev/null >/dev/null 2>&1 &")
+        pid = engine.exec(ctid, "pidof sleep").stdout.strip()
+        assert pid
+        engine.suspend(ctid)
+        ve = make_ve(owner, node, ctid, status="suspended", hostname="sleeper")
+        page = client_for(owner).get(f"/ves/{ctid}/").content.decode()
+        assert ">Resume</button>" in page
+        client_for(owner).post(f"/ves/{ctid}/start/")
+        task = wait_task(Task.objects.get(ve=ve, action="start"))
+        assert task.status == "completed", (task.error, task.log)
+        assert engine.is_running(ctid) and not engine.is_suspended(ctid)
+        assert engine.exec(ctid, "pidof sleep").stdout.strip() == pid  # the same process, not a new boot
+        ve.refresh_from_db()
+        assert ve.status == "running"
+    finally:
+        if engine.exists(ctid):
+            engine.destroy(ctid)

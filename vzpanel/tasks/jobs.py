@@ -85,7 +85,17 @@ def do_create(task, progress, eng, root_password=None):
 
 
 def do_start(task, progress, eng):
-    return eng.start(task.ve.ctid, progress=progress)
+    """Start the VE; a suspended one is resumed with its processes (booted afresh only if that fails)."""
+    from vzengine import VZError
+
+    ctid = task.ve.ctid
+    if eng.is_suspended(ctid):
+        try:
+            eng.resume(ctid, progress=progress)
+            return eng.status(ctid)
+        except VZError as exc:
+            progress(50, f"VE {ctid} could not be resumed ({exc.message}); booting it afresh instead")
+    return eng.start(ctid, progress=progress)
 
 
 def do_stop(task, progress, eng):

@@ -52,7 +52,7 @@ class Forbidden(ServiceError):
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 # Which states each action may start from.
-DOWN = {VE.Status.STOPPED, VE.Status.SUSPENDED}  # a suspended VE starts afresh from the panel
+DOWN = {VE.Status.STOPPED, VE.Status.SUSPENDED}  # start resumes a suspended VE (tasks/jobs.py do_start)
 ALLOWED_FROM = {
     Task.Action.START: DOWN,
     Task.Action.STOP: {VE.Status.RUNNING},
