@@ -73,3 +73,43 @@ def test_it_creates_a_ve_watches_it_finish_stops_it_and_sees_the_audit_entry(
         for info in engine.list():
             if info.hostname == "browser1":
                 engine.destroy(info.ctid)
+
+
+@pytest.mark.root
+def test_a_customer_takes_a_snapshot_rolls_back_and_backs_up_in_the_browser(
+    live_panel, node_agent, engine_root, browser, owner, node
+):
+    from tests.panel.conftest import make_ve
+    from vzengine import Engine
+
+    engine = Engine(engine_root)
+    ctid = 9701
+    engine.create(ctid, "tiny", hostname="browser2")
+    page = browser.new_page()
+    try:
+        engine.start(ctid, wait_boot=True)
+        make_ve(owner, node, ctid, hostname="browser2")
+        log_in(page, live_panel, owner)
+        page.goto(f"{live_panel}/ves/{ctid}/")
+        page.get_by_role("link", name="Snapshots").click()
+        page.get_by_label("Name").fill("before-rm")
+        page.get_by_role("button", name="Take snapshot").click()
+        row = page.locator('#snapshot-table tr[data-snapshot="before-rm"]')
+        expect(row).to_be_visible(timeout=60_000)  # the list refreshes live when the task ends
+
+        engine.exec(ctid, "rm /etc/hostname")
+        row.locator("summary").click()
+        row.get_by_label(re.compile("go back to")).check()
+        row.get_by_role("button", name="Roll back").click()
+        rollback = page.locator("#ve-storage-live details tr").filter(has_text="roll back")
+        expect(rollback.locator(".badge")).to_have_text("completed", timeout=60_000)
+        assert engine.is_running(ctid) and engine.exec(ctid, "cat /etc/hostname").stdout.strip() == "browser2"
+
+        page.get_by_role("link", name="Backups").click()
+        page.get_by_role("button", name="Back up now").click()
+        expect(page.locator("#backup-table tbody tr[data-backup]")).to_have_count(1, timeout=120_000)
+        expect(page.locator("#backup-table")).to_contain_text("verified")
+    finally:
+        page.close()
+        if engine.exists(ctid):
+            engine.destroy(ctid)
