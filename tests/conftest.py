@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import json
 import os
+import random
 import shutil
+import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,8 +31,82 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@dataclass(frozen=True)
+class NetPool:
+    """A pair of test networks, 10.X.Y.0/24 and fdXX:YY::/64: ``ip(11)`` is "10.X.Y.11",
+    ``ip6(0x11)`` "fdXX:YY::11"."""
+
+    prefix: str  # "10.X.Y"
+    prefix6: str  # "fdXX:YY::"
+
+    @property
+    def pool(self) -> str:
+        return f"{self.prefix}.0/24"
+
+    @property
+    def pool6(self) -> str:
+        return f"{self.prefix6}/64"
+
+    def ip(self, n: int) -> str:
+        return f"{self.prefix}.{n}"
+
+    def ip6(self, n: int) -> str:
+        return f"{self.prefix6}{n:x}"
+
+
+def _host_networks() -> list:
+    """Every network the host routes (any table) or has an address in, but the default routes."""
+    out = []
+    for cmd in (["ip", "-j", "route", "show", "table", "all"], ["ip", "-j", "-6", "route", "show", "table", "all"],
+                ["ip", "-j", "addr"]):
+        try:
+            data = json.loads(subprocess.run(cmd, capture_output=True, text=True).stdout or "[]")
+        except FileNotFoundError:  # no iproute2: no root tests either
+            return out
+        items = [a for link in data for a in link.get("addr_info", [])] if cmd[-1] == "addr" else data
+        for item in items:
+            dst = f"{item['local']}/{item['prefixlen']}" if "local" in item else item.get("dst", "default")
+            if dst == "default":
+                continue
+            try:
+                net = ipaddress.ip_network(dst, strict=False)
+            except ValueError:
+                continue
+            if net.prefixlen:
+                out.append(net)
+    return out
+
+
+_picked: set[str] = set()
+
+
+def free_test_net() -> NetPool:
+    """A random 10.X.Y.0/24 (and fdXX:YY::/64) that nothing on the host routes or has an address
+    in, different from the ones picked before in this run. 10.75-79 (the engine's default pool, the
+    benchmarks) and 10.200-249 (the panel's tests) are never picked."""
+    taken = _host_networks()
+    rnd = random.SystemRandom()
+    for _ in range(1000):
+        # (y from 1: fdXX:0::11 is not how the engine writes that address)
+        x, y = rnd.choice([x for x in range(16, 200) if not 75 <= x <= 79]), rnd.randrange(1, 256)
+        net = NetPool(f"10.{x}.{y}", f"fd{x:02x}:{y:x}::")
+        if net.prefix in _picked:
+            continue
+        nets = (ipaddress.ip_network(net.pool), ipaddress.ip_network(net.pool6))
+        if not any(n.version == t.version and n.overlaps(t) for n in nets for t in taken):
+            _picked.add(net.prefix)
+            return net
+    raise RuntimeError("no free 10.X.Y.0/24 for the tests on this host")
+
+
 @pytest.fixture(scope="session")
-def vz_root():
+def net() -> NetPool:
+    """The pool of the session's engine root (``vz_root``): its own per run, never the default."""
+    return free_test_net()
+
+
+@pytest.fixture(scope="session")
+def vz_root(net):
     """Path of a private, initialised engine root (own pool, lxcpath, cgroups), purged at the end."""
     if not have_root_tools():
         pytest.skip(ROOT_REASON)
@@ -35,7 +114,7 @@ def vz_root():
 
     root = Path(tempfile.mkdtemp(prefix="vztest-", dir="/var/tmp"))
     os.chmod(root, 0o711)
-    (root / "vz.conf").write_text('POOL_SIZE="8G"\n')
+    (root / "vz.conf").write_text(f'POOL_SIZE="8G"\nIP_POOL="{net.pool}"\nIP6_POOL="{net.pool6}"\n')
     eng = Engine(root)
     try:
         eng.ensure_ready()

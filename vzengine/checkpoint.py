@@ -214,7 +214,12 @@ def _reattach_links(eng: Engine, ctid: int, st: _Detached) -> None:
     _drop_stand_ins(eng, ctid, st.stand_ins, routes=False)
 
 
-def _drop_parked(st: _Detached) -> None:
+def _drop_parked(eng: Engine, ctid: int, st: _Detached) -> None:
+    if st.parked:
+        # The VE's traffic counts live on its veth: keep them before it goes (network.py).
+        for feature in eng.features:
+            if hasattr(feature, "save_traffic"):
+                feature.save_traffic(ctid)
     for parked in st.parked:
         run(["ip", "link", "del", parked.park], check=False)
 
@@ -387,7 +392,7 @@ def suspend(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
                     continue
                 state = "it keeps running"
             else:
-                _drop_parked(detached)
+                _drop_parked(eng, ctid, detached)
                 eng._after_stop(conf)
                 state = "it is stopped now"
             shutil.rmtree(d, ignore_errors=True)
@@ -402,7 +407,7 @@ def suspend(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
         tmp = d / f".{MARKER}.tmp"
         tmp.write_text(json.dumps(info, indent=1))
         os.replace(tmp, d / MARKER)
-        _drop_parked(detached)
+        _drop_parked(eng, ctid, detached)
         eng._after_stop(conf)
     progress(100, f"VE {ctid} suspended ({size / 1e6:.1f} MB of images in {seconds:.2f} s)")
     return info

@@ -29,6 +29,23 @@ operation, a backup say, holds the VE: the hook never waits for it).
 
 All host changes of a root happen under one lock (<root>/locks/network.lock), so address
 allocation from the pool, routes and firewall chains never race between VEs.
+
+Each root knows only its own VEs' addresses, and several roots may share a pool (the default
+one, say). So before anything changes, an address is also checked against the host itself
+(``host_use``): one the host has on an interface of its own, or routes by a /32 or /128 route to
+an interface that is not this VE's veth (another root's VE, or any other tool's), is refused
+("10.77.0.11 is already in use on this host (routed to vzab12c101)"); ``--ipadd auto`` skips
+those, and a start refuses them too (an address another root took while this VE was stopped).
+A stopped VE of another root has no route, so its addresses cannot be seen: give roots on one
+host pools of their own.
+
+Traffic totals: the veth's counters start at zero with every veth (each start, a reboot inside
+the VE, a resume), so each VE also has <root>/traffic/<ctid>/, where the runs that ended are
+kept and ``usage`` adds them to the current one (net_in_bytes ... net_out_packets; see
+``totals``). The VE's LXC config carries an ``lxc.hook.stop`` shell script that LXC runs while
+it still holds the VE's network namespace, so it reads the veth's final counts; the engine
+saves them too before it deletes a veth itself, and holds the namespace of a VE CRIU restored
+(whose monitor keeps no handle on it) until they are read.
 """
 
 from __future__ import annotations
@@ -40,6 +57,7 @@ import importlib
 import ipaddress
 import itertools
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -74,6 +92,9 @@ CLAIM_SECONDS = 120  # how long an address picked by a create/set still in progr
 LOCK_WAIT = 60.0
 RTPROT_STATIC = 4
 COUNTERS = ("traffic_in_bytes", "traffic_in_packets", "traffic_out_bytes", "traffic_out_packets")
+TOTALS = ("net_in_bytes", "net_in_packets", "net_out_bytes", "net_out_packets")  # Engine.usage keys
+# A VE's host-side veth sends what the VE receives: (in bytes, in packets, out bytes, out packets).
+VETH_STATS = ("tx_bytes", "tx_packets", "rx_bytes", "rx_packets")
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -199,6 +220,31 @@ class NetSettings:
         return list(itertools.islice(self.candidates(version, taken), count))
 
 
+RTN_NAMES = {6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
+
+
+def host_use(host, addr: Address, own: str, route=...) -> str | None:
+    """Why ``addr`` cannot go to the VE whose host-side veth is ``own``: the host has it on one of
+    its interfaces, or routes it (a /32 or /128 route, of any engine root or tool) to another
+    interface; None when it is free. ``host`` is a Netlink of the host; ``route`` its lookup, if
+    already made."""
+    if route is ...:
+        route = host.lookup(addr)
+    if route is None:
+        return None
+    if route.local:
+        dev = host.name(route.oif) if route.oif is not None else ""
+        return f"{addr} is already in use on this host (an address of its own{f' on {dev}' if dev else ''})"
+    if route.dst.prefixlen != route.dst.max_prefixlen:
+        return None  # a subnet or the default route: nobody has this address in particular
+    if route.oif is None:
+        return f"{addr} is already in use on this host (a {RTN_NAMES.get(route.type, 'special')} route)"
+    dev = host.name(route.oif)
+    if dev != own:
+        return f"{addr} is already in use on this host (routed to {dev or f'interface {route.oif}'})"
+    return None
+
+
 def _listening(proto: str, port: int) -> bool:
     """Whether a socket of the host's namespace listens on (tcp) or is bound to (udp) ``port``."""
     for suffix in ("", "6"):
@@ -231,6 +277,54 @@ def _read_sysctl(path: str) -> str:
         return ""
 
 
+MS_BIND = 4096
+MNT_DETACH = 2
+_libc_handle: list = []
+
+
+def _libc():
+    if not _libc_handle:
+        import ctypes
+        import ctypes.util
+
+        _libc_handle.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True))
+    return _libc_handle[0]
+
+
+_boot: list[str] = []
+
+
+def _boot_id() -> str:
+    if not _boot:
+        _boot.append(_read_sysctl("/proc/sys/kernel/random/boot_id"))
+    return _boot[0]
+
+
+def _read_counts(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        values = tuple(int(x) for x in path.read_text().split()[:4])
+    except (OSError, ValueError):
+        return None
+    return values if len(values) == 4 else None
+
+
+def _read_total(path: Path) -> tuple[tuple[int, int, int, int], set[str]]:
+    try:
+        lines = path.read_text().splitlines()
+        counts = tuple(int(x) for x in lines[0].split()[:4])
+    except (OSError, ValueError, IndexError):
+        return (0, 0, 0, 0), set()
+    if len(counts) != 4:
+        return (0, 0, 0, 0), set()
+    return counts, set(lines[1].split()) if len(lines) > 1 else set()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class NetworkFeature(Feature):
     name = "network"
     params = ("ipadd", "ipdel", "portfwd", "portfwd_del")
@@ -257,6 +351,15 @@ class NetworkFeature(Feature):
     @property
     def hook_path(self) -> Path:
         return self.layout.rundir / "vz-net-hook"
+
+    @property
+    def stop_hook_path(self) -> Path:
+        return self.layout.rundir / "vz-net-stop-hook"
+
+    @property
+    def traffic_dir(self) -> Path:
+        """Where each VE's traffic totals live: <root>/traffic/<ctid>/ (see ``totals``)."""
+        return self.layout.root / "traffic"
 
     @contextlib.contextmanager
     def _netlock(self) -> Iterator[None]:
@@ -332,23 +435,17 @@ class NetworkFeature(Feature):
         rb.add(f"release address {addr}", lambda: path.unlink(missing_ok=True))
 
     def _host_conflicts(self, addrs: list[Address], ctid: int) -> None:
-        """Refuse addresses the host itself has, or routes through an interface not this VE's."""
+        """Refuse addresses the host itself has, or routes to an interface that is not this VE's
+        (another engine root's VE, say: each root knows only its own VEs' addresses)."""
         if not addrs:
             return
         from .netlink import Netlink
 
-        mine = self.ifname(ctid)
         with Netlink() as host:
             for a in addrs:
-                route = host.lookup(a)
-                if route is None:
-                    continue
-                if route.local:
-                    raise InvalidInput(f"address {a} is already in use on this host (it is one of its own)")
-                if route.dst.prefixlen == route.dst.max_prefixlen and route.oif is not None:
-                    dev = host.name(route.oif)
-                    if dev != mine:
-                        raise InvalidInput(f"address {a} is already in use on this host (routed through {dev})")
+                why = host_use(host, a, self.ifname(ctid))
+                if why:
+                    raise InvalidInput(why)
 
     # --- Feature: check and apply ---------------------------------------------------------
     def check(self, conf: VEConfig, params: dict, creating: bool) -> dict:
@@ -483,10 +580,7 @@ class NetworkFeature(Feature):
         picked: list[Address] = []
         with Netlink() as host:
             for addr in s.candidates(version, taken):
-                route = host.lookup(addr)
-                if route is not None and (route.local or (
-                        route.dst.prefixlen == route.dst.max_prefixlen and route.oif is not None
-                        and host.name(route.oif) != self.ifname(ctid))):
+                if host_use(host, addr, self.ifname(ctid)):
                     continue  # another root's VE, or the host's own
                 picked.append(addr)
                 if len(picked) == count:
@@ -513,20 +607,46 @@ class NetworkFeature(Feature):
             # CPU) meanwhile, so after_start finds it loaded. Not a daemon thread: a process that
             # ends right away (vzctl create) waits for the import instead of cutting it off.
             threading.Thread(target=importlib.import_module, args=("vzengine.netlink",)).start()
-        return [f"lxc.hook.start-host = {self.hook_path}"]
+        return [f"lxc.hook.start-host = {self.hook_path}", f"lxc.hook.stop = {self.stop_hook_path}"]
 
     def after_start(self, conf: VEConfig) -> None:
         addrs, pf = self.addresses(conf), self.forwards(conf)
         if not addrs and not pf:
             return
+        from . import checkpoint
+
         with self._netlock():
             nsfd = self._open_netns(conf.ctid)
             if nsfd is None:
                 raise StateError(f"VE {conf.ctid} stopped while its network was being set up")
             try:
                 self._sync(conf.ctid, addrs, pf, nsfd, pf_changed=bool(pf), fresh=True)
+                if checkpoint.is_resuming(self.engine, conf.ctid):
+                    self._hold_netns(conf.ctid, nsfd)
             finally:
                 os.close(nsfd)
+
+    # A VE that CRIU restored is watched by lxc-checkpoint's monitor, which keeps no handle on
+    # the VE's network namespace: when the VE stops, the namespace and the veth with its counts
+    # are gone before the stop hook runs. So the engine holds that namespace itself (a bind
+    # mount, as `ip netns` does) until the stop hook or the engine has read the counts.
+    def _netns_handle(self, ctid: int) -> Path:
+        return self.layout.rundir / "netns" / str(ctid)
+
+    def _hold_netns(self, ctid: int, nsfd: int) -> None:
+        handle = self._netns_handle(ctid)
+        self._release_netns(ctid)
+        handle.parent.mkdir(parents=True, exist_ok=True)
+        handle.touch()
+        if _libc().mount(f"/proc/self/fd/{nsfd}".encode(), str(handle).encode(), None, MS_BIND, None) != 0:
+            handle.unlink(missing_ok=True)  # then this run's counts end with it, as before
+
+    def _release_netns(self, ctid: int) -> None:
+        handle = self._netns_handle(ctid)
+        if handle.exists():
+            _libc().umount2(str(handle).encode(), MNT_DETACH)
+            with contextlib.suppress(OSError):
+                handle.unlink()
 
     def restore_after_reboot(self, ctid: int, pid: int) -> None:
         """Set a VE's network up again in the namespace LXC made for it (the start-host hook)."""
@@ -557,6 +677,7 @@ class NetworkFeature(Feature):
                 with contextlib.suppress(OSError):
                     if p.read_text().strip() == str(conf.ctid):
                         p.unlink()
+        shutil.rmtree(self.traffic_dir / str(conf.ctid), ignore_errors=True)
 
     def purge(self) -> None:
         """Remove every veth, proxy entry, rule and chain of this root (forwarding stays on)."""
@@ -568,8 +689,16 @@ class NetworkFeature(Feature):
                 for name in ours:
                     host.delete_link(name)
         self.firewall.purge([4, 6] if have_ipv6() else [4])
-        for p in (self.hook_path, self._stamp):
+        handles = self.layout.rundir / "netns"
+        if handles.is_dir():
+            for p in handles.iterdir():
+                if p.name.isdigit():
+                    self._release_netns(int(p.name))
+            with contextlib.suppress(OSError):
+                handles.rmdir()
+        for p in (self.hook_path, self.stop_hook_path, self._stamp):
             p.unlink(missing_ok=True)
+        shutil.rmtree(self.traffic_dir, ignore_errors=True)
         if self._claims.is_dir():
             for p in self._claims.iterdir():
                 p.unlink(missing_ok=True)
@@ -591,13 +720,93 @@ class NetworkFeature(Feature):
         """(bytes in, packets in, bytes out, packets out) of a VE since its network came up.
 
         Read from its host-side veth: what the host sends into it is the VE's "in". None when
-        the VE has no veth. The counters start at zero at every start or reboot of the VE.
+        the VE has no veth. The counters start at zero at every start or reboot of the VE;
+        ``totals`` adds up every run since the VE was created.
         """
-        base = Path("/sys/class/net") / self.ifname(ctid) / "statistics"
+        run = self._veth_run(ctid)
+        return None if run is None else run[1]
+
+    # --- traffic totals ---------------------------------------------------------------------
+    # Each veth a VE had is one "run" of its network, named <boot id>-<ifindex> (an interface
+    # index is not given twice in one boot). <root>/traffic/<ctid>/<run> holds the last counts of
+    # a run that ended; the stop hook writes it when the VE stops or reboots (LXC runs it while it
+    # still holds the VE's network namespace, so the veth is still there), and the engine before
+    # it deletes a veth itself (--ipdel all; a suspend, via checkpoint.py). Writing a run again
+    # only raises it, so nothing counts twice. "total" holds the sum of older runs, folded in
+    # under the network lock, and on its second line the runs it took in (a fold cut short
+    # leaves their files, which are then skipped and removed).
+    def usage(self, conf: VEConfig) -> dict:
+        """Traffic since the VE was created: Engine.usage's net_in_bytes ... net_out_packets."""
+        return dict(zip(TOTALS, self.totals(conf.ctid), strict=True))
+
+    def totals(self, ctid: int) -> tuple[int, int, int, int]:
+        """(bytes in, packets in, bytes out, packets out) of every run of the VE's network."""
+        current = self._veth_run(ctid)
+        out = list(current[1]) if current else [0, 0, 0, 0]
+        d = self.traffic_dir / str(ctid)
         try:
-            return tuple(int((base / n).read_text()) for n in ("tx_bytes", "tx_packets", "rx_bytes", "rx_packets"))
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return tuple(out)
+        base, folded = _read_total(d / "total")
+        for i, n in enumerate(base):
+            out[i] += n
+        for name in names:
+            if name == "total" or name.startswith(".") or name in folded or (current and name == current[0]):
+                continue
+            for i, n in enumerate(_read_counts(d / name) or ()):
+                out[i] += n
+        return tuple(out)
+
+    def _veth_run(self, ctid: int) -> tuple[str, tuple[int, int, int, int]] | None:
+        """(run name, counters) of the VE's host-side veth now; None when it has none."""
+        base = f"/sys/class/net/{self.ifname(ctid)}"
+        try:
+            with open(f"{base}/ifindex") as f:
+                index = f.read().strip()
+            counts = []
+            for name in VETH_STATS:
+                with open(f"{base}/statistics/{name}") as f:
+                    counts.append(int(f.read()))
         except (OSError, ValueError):
             return None
+        return f"{_boot_id()}-{index}", tuple(counts)
+
+    def save_traffic(self, ctid: int) -> None:
+        """Keep the counts of the VE's veth before the engine deletes it (checkpoint.py too)."""
+        run = self._veth_run(ctid)
+        if run is None:
+            return
+        d = self.traffic_dir / str(ctid)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / run[0]
+        old = _read_counts(path) or (0, 0, 0, 0)
+        counts = [max(a, b) for a, b in zip(old, run[1], strict=True)]
+        _write_atomic(path, " ".join(map(str, counts)) + "\n")
+
+    def _fold_runs(self, ctid: int) -> None:
+        """Add the runs that ended into "total" (the network lock is held)."""
+        d = self.traffic_dir / str(ctid)
+        try:
+            names = [n for n in os.listdir(d) if n != "total" and not n.startswith(".")]
+        except FileNotFoundError:
+            return
+        if not names:
+            return
+        current = self._veth_run(ctid)
+        base, folded = _read_total(d / "total")
+        total, taken = list(base), []
+        for name in names:
+            if name in folded:
+                (d / name).unlink(missing_ok=True)  # folded before, but not removed then
+            elif not (current and name == current[0]):
+                for i, n in enumerate(_read_counts(d / name) or ()):
+                    total[i] += n
+                taken.append(name)
+        if taken:
+            _write_atomic(d / "total", " ".join(map(str, total)) + "\n" + " ".join(taken) + "\n")
+            for name in taken:
+                (d / name).unlink(missing_ok=True)
 
     # --- host plumbing --------------------------------------------------------------------
     def _init_pid(self, ctid: int) -> int | None:
@@ -683,12 +892,14 @@ class NetworkFeature(Feature):
             link = None if fresh and not Path("/sys/class/net", dev).exists() else host.link(dev)
             eth = None if link is None else ve.link(VE_IFNAME)
             if link is not None and (eth is None or eth.peer_index != link.index or link.peer_index != eth.index):
+                self.save_traffic(ctid)
                 host.delete_link(dev)  # left over from a namespace that is gone or going
                 link = None
             new_pair = link is None
             if new_pair:
                 host_index, eth0 = self._new_pair(host, ve, dev, nsfd)
                 _write_sysctl(f"/proc/sys/net/ipv4/conf/{dev}/rp_filter", "1")
+                self._fold_runs(ctid)  # the runs before this one have ended
             else:
                 host_index, eth0 = link.index, link.peer_index  # eth0's index inside the VE
                 host.set_up(host_index)
@@ -753,16 +964,14 @@ class NetworkFeature(Feature):
         from .netlink import NetlinkError
 
         before = host.lookup(addr)  # what the host would do with it without the VE
-        if before is not None and before.dst.prefixlen == before.dst.max_prefixlen and before.oif not in (None, index):
-            raise InvalidInput(f"address {addr} is already in use on this host "
-                               f"(routed through {host.name(before.oif) or 'another interface'})")
-        if before is not None and before.local:
-            raise InvalidInput(f"address {addr} is already in use on this host (it is one of its own)")
+        why = host_use(host, addr, host.name(index), before)
+        if why:
+            raise InvalidInput(why)
         try:
             host.add_route(_host_net(addr), index, exist_ok=before is not None and before.oif == index)
         except NetlinkError as e:
-            if e.errno == 17:  # EEXIST: someone else's route for it appeared meanwhile
-                raise InvalidInput(f"address {addr} is already in use on this host") from None
+            if e.errno == errno.EEXIST:  # someone else's route for it appeared meanwhile
+                raise InvalidInput(f"{addr} is already in use on this host (it has a route for it)") from None
             raise
         if before is not None and before.connected and before.oif != index:
             uplink = host.name(before.oif)
@@ -786,6 +995,8 @@ class NetworkFeature(Feature):
             if Path("/sys/class/net", dev).exists() or addrs:
                 from .netlink import Netlink
 
+                self.save_traffic(ctid)
+                self._release_netns(ctid)
                 with Netlink() as host:
                     host.delete_link(dev)
                     if addrs:
@@ -794,6 +1005,7 @@ class NetworkFeature(Feature):
                                 host.del_proxy_neighbour(a, index)
             if forwards:
                 self.firewall.set_port_forwards(ctid, None, [])
+            self._fold_runs(ctid)
 
     # --- the reboot hook ------------------------------------------------------------------
     def _write_hook(self) -> None:
@@ -830,17 +1042,46 @@ restore() {{
 if [ "$mode" = later ]; then (exec </dev/null >/dev/null 2>&1; restore) & else restore; fi
 exit 0
 """
-        path = self.hook_path
-        try:
-            if path.read_text() == text:
-                return
-        except OSError:
-            pass
-        lay.rundir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # writers may race
-        tmp.write_text(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
+        stop = f"""#!/bin/sh
+# Written by vzengine (network.py); LXC runs it on the host when a VE has stopped or reboots,
+# while it still holds the VE's network namespace: the VE's host-side veth is still there, so
+# keep what it counted (one file per veth, named <boot id>-<ifindex>; NetworkFeature.totals).
+ctid="$1"
+dev="vz{lay.tag}$ctid"
+if [ ${{#dev}} -gt 15 ]; then  # network.ifname(): long ids in base 36
+    set -- 0 1 2 3 4 5 6 7 8 9 a b c d e f g h i j k l m n o p q r s t u v w x y z
+    n=$ctid; d=
+    while [ "$n" -gt 0 ]; do eval "c=\\${{$((n % 36 + 1))}}"; d="$c$d"; n=$((n / 36)); done
+    dev="vz{lay.tag}x$d"
+fi
+s="/sys/class/net/$dev"
+read -r index 2>/dev/null < "$s/ifindex" || exit 0
+read -r boot < /proc/sys/kernel/random/boot_id
+read -r ib < "$s/statistics/tx_bytes"; read -r ip < "$s/statistics/tx_packets"
+read -r ob < "$s/statistics/rx_bytes"; read -r op < "$s/statistics/rx_packets"
+dir="{self.traffic_dir}/$ctid"
+[ -d "$dir" ] || mkdir -p "$dir" || exit 0
+# Never lower what was kept: a veth being deleted (a suspend) reads 0 for what its peer sent.
+old=; read -r old 2>/dev/null < "$dir/$boot-$index"
+set -- $old 0 0 0 0
+ib=${{ib:-0}}; ip=${{ip:-0}}; ob=${{ob:-0}}; op=${{op:-0}}
+[ "$1" -gt "$ib" ] && ib=$1; [ "$2" -gt "$ip" ] && ip=$2; [ "$3" -gt "$ob" ] && ob=$3; [ "$4" -gt "$op" ] && op=$4
+echo "$ib $ip $ob $op" > "$dir/.$boot-$index.$$" && mv -f "$dir/.$boot-$index.$$" "$dir/$boot-$index"
+handle="{self._netns_handle(0).parent}/$ctid"  # held by the engine for a VE CRIU restored: let it go
+[ -f "$handle" ] && {{ umount -l "$handle"; rm -f "$handle"; }} 2>/dev/null
+exit 0
+"""
+        for path, content in ((self.hook_path, text), (self.stop_hook_path, stop)):
+            try:
+                if path.read_text() == content:
+                    continue
+            except OSError:
+                pass
+            lay.rundir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # writers may race
+            tmp.write_text(content)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, path)
 
 
 def _first4(addrs: list[Address]) -> Address | None:

@@ -106,10 +106,10 @@ def tree(root: Path, skip=()) -> dict:
 
 
 @pytest.mark.slow
-def test_it_backs_up_a_running_ve_and_restores_it_faithfully(engine, cli, new_ctid, tmp_path):
+def test_it_backs_up_a_running_ve_and_restores_it_faithfully(net, engine, cli, new_ctid, tmp_path):
     src, dst = new_ctid(), new_ctid()
-    net = any("ipadd" in f.params for f in engine.features)
-    engine.create(src, "debian-12-sysv", hostname="web", **({"ipadd": ["10.77.0.216"]} if net else {}))
+    has_net = any("ipadd" in f.params for f in engine.features)
+    engine.create(src, "debian-12-sysv", hostname="web", **({"ipadd": [net.ip(216)]} if has_net else {}))
     plant_special_files(engine.layout.private(src))
     engine.start(src, wait_boot=True)
     # a process keeps appending while the backup is taken

@@ -81,12 +81,12 @@ def test_it_refuses_systemd_ves_before_trying(engine, cli, new_ctid):
 
 
 @pytest.mark.slow
-def test_a_sysvinit_ve_comes_back_with_its_counter_and_tcp_connections(engine, cli, new_ctid):
+def test_a_sysvinit_ve_comes_back_with_its_counter_and_tcp_connections(net, engine, cli, new_ctid):
     ctid = new_ctid()
-    net = any("ipadd" in f.params for f in engine.features)
-    engine.create(ctid, "debian-12-sysv", **({"ipadd": ["10.77.0.218"]} if net else {}))
+    has_net = any("ipadd" in f.params for f in engine.features)
+    engine.create(ctid, "debian-12-sysv", **({"ipadd": [net.ip(218)]} if has_net else {}))
     engine.start(ctid, wait_boot=True)
-    if not net:
+    if not has_net:
         engine.exec(ctid, "ip link set lo up")
     engine.exec(ctid, COUNTER)
     engine.exec(ctid, SERVER)
@@ -96,8 +96,8 @@ def test_a_sysvinit_ve_comes_back_with_its_counter_and_tcp_connections(engine, c
     assert len(pids) == 3
     mounts = engine.exec(ctid, "grep -c lxcfs /proc/mounts").stdout  # lxcfs' FUSE files, if it runs
     host = None
-    if net:  # a client on the host too, through the VE's routed address
-        host = socket.create_connection(("10.77.0.218", 7001), timeout=10)
+    if has_net:  # a client on the host too, through the VE's routed address
+        host = socket.create_connection((net.ip(218), 7001), timeout=10)
         host.sendall(b"from host 1\n")
         assert host.recv(100) == b"echo from host 1\n"
 
@@ -130,8 +130,8 @@ def test_a_sysvinit_ve_comes_back_with_its_counter_and_tcp_connections(engine, c
         host.sendall(b"from host 2\n")
         assert host.recv(100) == b"echo from host 2\n"
         host.close()
-        assert "10.77.0.218" in engine.exec(ctid, "ip -4 addr show eth0").stdout
-        assert "10.77.0.218" not in engine.exec(ctid, "ip -4 addr show lo").stdout
+        assert net.ip(218) in engine.exec(ctid, "ip -4 addr show eth0").stdout
+        assert net.ip(218) not in engine.exec(ctid, "ip -4 addr show lo").stdout
 
 
 def test_a_busybox_ve_can_be_suspended_too(engine, tiny_ve):
@@ -152,10 +152,10 @@ def test_a_process_from_outside_the_ve_blocks_a_suspend_and_it_says_so(engine, t
     assert engine.is_running(tiny_ve) and not checkpoint.image_dir(engine, tiny_ve).exists()
 
 
-def test_a_failed_dump_leaves_the_ve_running_with_its_network(engine, new_ctid, monkeypatch):
+def test_a_failed_dump_leaves_the_ve_running_with_its_network(net, engine, new_ctid, monkeypatch):
     ctid = new_ctid()
-    net = any("ipadd" in f.params for f in engine.features)
-    engine.create(ctid, "tiny", **({"ipadd": ["10.77.0.219"]} if net else {}))
+    has_net = any("ipadd" in f.params for f in engine.features)
+    engine.create(ctid, "tiny", **({"ipadd": [net.ip(219)]} if has_net else {}))
     engine.start(ctid, wait_boot=True)
     engine.exec(ctid, COUNTER)
     engine.exec(ctid, "sleep 300 </dev/null >/dev/null 2>&1 &")
@@ -166,9 +166,9 @@ def test_a_failed_dump_leaves_the_ve_running_with_its_network(engine, new_ctid, 
     assert not checkpoint.image_dir(engine, ctid).exists()
     now = counter(engine, ctid)
     wait_for(lambda: counter(engine, ctid) > now + 3)  # its processes go on
-    if net:  # and its network is back as it was
-        assert "10.77.0.219" in engine.exec(ctid, "ip -4 addr show eth0").stdout
-        assert "10.77.0.219" not in engine.exec(ctid, "ip -4 addr show lo").stdout
+    if has_net:  # and its network is back as it was
+        assert net.ip(219) in engine.exec(ctid, "ip -4 addr show eth0").stdout
+        assert net.ip(219) not in engine.exec(ctid, "ip -4 addr show lo").stdout
         assert "default via" in engine.exec(ctid, "ip -4 route").stdout
 
 

@@ -20,17 +20,17 @@ def test_hostname_changes_live_and_is_saved(cli, engine, tiny_ve, vz_root):
     assert engine.exec(tiny_ve, "hostname").stdout.strip() == "renamed.example.com"
 
 
-def test_password_and_nameserver(cli, engine, tiny_ve):
-    r = cli("vzctl", "set", str(tiny_ve), "--userpasswd", "root:n3w-pass", "--nameserver", "10.77.0.1",
-            "--nameserver", "fd77::1", "--searchdomain", "lab.example", "--save")
+def test_password_and_nameserver(net, cli, engine, tiny_ve):
+    r = cli("vzctl", "set", str(tiny_ve), "--userpasswd", "root:n3w-pass", "--nameserver", net.ip(1),
+            "--nameserver", net.ip6(0x1), "--searchdomain", "lab.example", "--save")
     assert r.returncode == 0, r.stderr
     hashed = engine.exec(tiny_ve, "grep ^root: /etc/shadow").stdout.split(":")[1]
     salt = hashed.split("$")[2]
     again = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, "n3w-pass"], capture_output=True, text=True)
     assert again.stdout.strip() == hashed
     resolv = engine.exec(tiny_ve, "cat /etc/resolv.conf").stdout
-    assert "nameserver 10.77.0.1\nnameserver fd77::1\n" in resolv and "search lab.example" in resolv
-    assert engine.status(tiny_ve).nameservers == ["10.77.0.1", "fd77::1"]
+    assert f"nameserver {net.ip(1)}\nnameserver {net.ip6(0x1)}\n" in resolv and "search lab.example" in resolv
+    assert engine.status(tiny_ve).nameservers == [net.ip(1), net.ip6(0x1)]
 
 
 @pytest.mark.slow

@@ -88,19 +88,19 @@ def has_network(engine):
 
 
 @pytest.mark.parametrize("linked", [True, False], ids=["linked", "full"])
-def test_a_clone_is_a_new_ve_with_its_own_identity_and_addresses(engine, cli, new_ctid, linked):
+def test_a_clone_is_a_new_ve_with_its_own_identity_and_addresses(net, engine, cli, new_ctid, linked):
     src, dst = new_ctid(), new_ctid()
-    net = has_network(engine)
-    engine.create(src, "tiny", hostname="teacher", **({"ipadd": ["10.77.0.213"]} if net else {}))
-    if not net:  # without the network feature its config key stands for it
+    has_net = has_network(engine)
+    engine.create(src, "tiny", hostname="teacher", **({"ipadd": [net.ip(213)]} if has_net else {}))
+    if not has_net:  # without the network feature its config key stands for it
         conf = engine.config(src)
-        conf.set("IP_ADDRESS", "10.77.0.213")
+        conf.set("IP_ADDRESS", net.ip(213))
         conf.save()
     engine.start(src, wait_boot=True)
     engine.exec(src, "echo lesson > /root/material")
     args = ["clone", str(src), str(dst), "--hostname", "student1"] + (["--linked"] if linked else [])
-    if net and linked:
-        args += ["--ipadd", "10.77.0.214"]
+    if has_net and linked:
+        args += ["--ipadd", net.ip(214)]
     r = cli("vzctl", *args)
     assert r.returncode == 0, r.stderr
     assert ("linked" if linked else "full") + " clone" in r.stdout
@@ -112,13 +112,13 @@ def test_a_clone_is_a_new_ve_with_its_own_identity_and_addresses(engine, cli, ne
     assert read(engine, dst, "/root/material") == "lesson\n"
     mid_src, mid_dst = (read(engine, c, "/etc/machine-id").strip() for c in (src, dst))
     assert len(mid_dst) == 32 and mid_src != mid_dst
-    assert engine.status(src).ip_addresses == ["10.77.0.213"]
+    assert engine.status(src).ip_addresses == [net.ip(213)]
     # addresses are never copied: the clone has the ones given to it, or none
-    assert engine.status(dst).ip_addresses == (["10.77.0.214"] if net and linked else [])
-    if net:
-        assert "10.77.0.213" in engine.exec(src, "ip -4 addr").stdout
+    assert engine.status(dst).ip_addresses == ([net.ip(214)] if has_net and linked else [])
+    if has_net:
+        assert net.ip(213) in engine.exec(src, "ip -4 addr").stdout
         inside = engine.exec(dst, "ip -4 addr").stdout
-        assert "10.77.0.213" not in inside and (("10.77.0.214" in inside) == linked)
+        assert net.ip(213) not in inside and ((net.ip(214) in inside) == linked)
     # the two are independent
     engine.exec(dst, "echo changed > /root/material")
     assert read(engine, src, "/root/material") == "lesson\n"
@@ -161,13 +161,13 @@ def test_a_failed_clone_leaves_nothing_behind(engine, new_ctid, vz_root, monkeyp
     assert root_tree(vz_root) == before and not engine.exists(dst)
 
 
-def test_reinstall_gives_a_fresh_system_and_keeps_identity_config_and_kept_dirs(engine, cli, tiny_ve, vz_root):
+def test_reinstall_gives_a_fresh_system_and_keeps_identity_config_and_kept_dirs(net, engine, cli, tiny_ve, vz_root):
     engine.set(tiny_ve, hostname="keeper", nameserver=["10.213.0.53"], userpasswd=[("root", "s3cret")])
     if has_network(engine):
-        engine.set(tiny_ve, ipadd=["10.77.0.215"])
+        engine.set(tiny_ve, ipadd=[net.ip(215)])
     else:
         conf = engine.config(tiny_ve)
-        conf.set("IP_ADDRESS", "10.77.0.215")
+        conf.set("IP_ADDRESS", net.ip(215))
         conf.save()
     engine.exec(tiny_ve, "mkdir -p /root/work /home/alice && echo mine > /root/work/notes && "
                          "echo hers > /home/alice/f && echo broken > /etc/motd && rm /bin/vi")
@@ -188,9 +188,9 @@ def test_reinstall_gives_a_fresh_system_and_keeps_identity_config_and_kept_dirs(
     assert read(engine, tiny_ve, "/etc/shadow").splitlines()[0] == shadow_root
     assert "nameserver 10.213.0.53" in read(engine, tiny_ve, "/etc/resolv.conf")
     assert engine.config(tiny_ve).values == conf_before  # same id, addresses, limits, config
-    assert engine.status(tiny_ve).ip_addresses == ["10.77.0.215"]
+    assert engine.status(tiny_ve).ip_addresses == [net.ip(215)]
     if has_network(engine):
-        assert "10.77.0.215" in engine.exec(tiny_ve, "ip -4 addr").stdout
+        assert net.ip(215) in engine.exec(tiny_ve, "ip -4 addr").stdout
     old = [s for s in engine.snapshot_list(tiny_ve) if s.name.startswith("before-reinstall-")]
     assert len(old) == 1  # the old root, kept as a snapshot
     assert (engine.layout.snapshot_dir(tiny_ve) / old[0].name / "etc/motd").read_text() == "broken\n"
