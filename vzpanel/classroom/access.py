@@ -8,6 +8,9 @@ Student VEs stay under vzpanel.ves.access: a course's teacher sees them there be
 account of the course has `teacher` = the course's teacher.
 """
 
+import functools
+
+from django.contrib.auth.decorators import login_required
 from django.http import Http404
 
 from .models import Course, Membership
@@ -54,3 +57,25 @@ def require_manage(user, course: Course) -> None:
 def require_operate(user, course: Course) -> None:
     if not can_operate(user, course):
         raise Http404("No such course.")
+
+
+def course_view(need: str = "see"):
+    """Decorate a view of one course: log in, then hand it the course instead of its ``pk``.
+
+    ``need`` is what the user must be able to do with it (see, operate, manage); anyone else gets
+    a 404, as for a course that does not exist.
+    """
+    check = {"see": None, "operate": require_operate, "manage": require_manage}[need]
+
+    def decorate(view):
+        @login_required
+        @functools.wraps(view)
+        def wrapped(request, pk, *args, **kwargs):
+            course = get_course_or_404(request.user, pk)
+            if check is not None:
+                check(request.user, course)
+            return view(request, course, *args, **kwargs)
+
+        return wrapped
+
+    return decorate

@@ -20,9 +20,7 @@ from . import conf, services
 from .access import (
     can_manage,
     can_operate,
-    get_course_or_404,
-    require_manage,
-    require_operate,
+    course_view,
     visible_courses,
 )
 from .forms import (
@@ -89,10 +87,8 @@ def course_create(request):
                   status=400 if form.errors else 200)
 
 
-@login_required
-def course_edit(request, pk):
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
+@course_view("manage")
+def course_edit(request, course):
     form = CourseForm(request.POST or None, instance=course, user=request.user, creating=False)
     if request.method == "POST" and form.is_valid():
         fields = {k: v for k, v in form.cleaned_data.items()}
@@ -179,18 +175,16 @@ def dashboard_context(request, course: Course, **extra):
     return context
 
 
-@login_required
-def course_detail(request, pk):
-    course = get_course_or_404(request.user, pk)
+@course_view()
+def course_detail(request, course):
     if not can_operate(request.user, course):
         return student_page(request, course)
     return render(request, "classroom/course_detail.html", dashboard_context(request, course))
 
 
-@login_required
-def course_status(request, pk):
+@course_view()
+def course_status(request, course):
     """The live part of the dashboard, for htmx to swap in while something is running."""
-    course = get_course_or_404(request.user, pk)
     if not can_operate(request.user, course):
         return student_page(request, course, partial=True)
     return render(request, "classroom/_live.html", dashboard_context(request, course))
@@ -207,10 +201,8 @@ def student_page(request, course: Course, partial: bool = False, **extra):
     return render(request, "classroom/_student_live.html" if partial else "classroom/student.html", context)
 
 
-@login_required
-def roster(request, pk):
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
+@course_view("manage")
+def roster(request, course):
     form = RosterForm(request.POST or None, request.FILES or None)
     errors = []
     if request.method == "POST" and form.is_valid():
@@ -231,12 +223,10 @@ def roster(request, pk):
                   status=400 if form.errors else 200)
 
 
-@login_required
+@course_view("manage")
 @require_POST
-def student_add(request, pk):
+def student_add(request, course):
     """Enrol one student by hand (the roster's checks), and build their VE if asked."""
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
     form = AddStudentForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
@@ -259,11 +249,9 @@ def student_add(request, pk):
                                                      "add_form": form}, status=400)
 
 
-@login_required
-def student_remove(request, pk, member):
+@course_view("manage")
+def student_remove(request, course, member):
     """Remove one student (after confirmation): back up and destroy their VE, then their account or enrolment."""
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
     membership = get_object_or_404(Membership.objects.select_related("user", "ve"), pk=member, course=course,
                                    role=Membership.Role.STUDENT)
     form = RemoveStudentForm(request.POST or None)
@@ -301,11 +289,9 @@ def _refused(request, course, exc):
     return redirect("classroom:detail", course.pk)
 
 
-@login_required
+@course_view("manage")
 @require_POST
-def provision(request, pk):
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
+def provision(request, course):
     try:
         parent = services.provision(request.user, course, request=request)
     except services.ServiceError as exc:
@@ -325,11 +311,9 @@ def members_for(course: Course, target: str):
     raise Http404("No such students.")
 
 
-@login_required
+@course_view("operate")
 @require_POST
-def class_action(request, pk):
-    course = get_course_or_404(request.user, pk)
-    require_operate(request.user, course)
+def class_action(request, course):
     form = ClassActionForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose start, stop, suspend or reset.")
@@ -347,11 +331,9 @@ def class_action(request, pk):
     return _done(request, course, f"{data['action'].capitalize()} queued for {n} VE(s).")
 
 
-@login_required
+@course_view("operate")
 @require_POST
-def retry(request, pk, member):
-    course = get_course_or_404(request.user, pk)
-    require_operate(request.user, course)
+def retry(request, course, member):
     membership = get_object_or_404(Membership, pk=member, course=course, role=Membership.Role.STUDENT)
     try:
         services.retry(request.user, course, membership, request=request)
@@ -360,21 +342,17 @@ def retry(request, pk, member):
     return _done(request, course, f"Retrying for {membership.name}.")
 
 
-@login_required
+@course_view("operate")
 @require_POST
-def cancel(request, pk, task_id):
-    course = get_course_or_404(request.user, pk)
-    require_operate(request.user, course)
+def cancel(request, course, task_id):
     parent = get_object_or_404(Task, pk=task_id, ve__isnull=True, params__course=course.pk)
     n = services.cancel_queued(request.user, course, parent, request=request)
     return _done(request, course, f"{n} queued task(s) cancelled.")
 
 
-@login_required
+@course_view("manage")
 @require_POST
-def image(request, pk):
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
+def image(request, course):
     form = ImageForm(request.POST, course=course, user=request.user)
     if not form.is_valid():
         messages.error(request, "Choose a template or one of your VEs.")
@@ -398,13 +376,11 @@ def image(request, pk):
     return _done(request, course, message)
 
 
-@login_required
+@course_view("manage")
 @require_POST
 @never_cache
-def sheet(request, pk):
+def sheet(request, course):
     """A printable sheet of new sign-in links or initial passwords (shown once, never stored)."""
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
     form = SheetForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose links or passwords.")
@@ -425,11 +401,9 @@ def sheet(request, pk):
                                                     "ssh_host": ssh_host(request)})
 
 
-@login_required
+@course_view("manage")
 @require_POST
-def session_add(request, pk):
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
+def session_add(request, course):
     form = SessionForm(request.POST)
     if not form.is_valid():
         errors = "; ".join(e for errs in form.errors.values() for e in errs)
@@ -442,21 +416,17 @@ def session_add(request, pk):
     return _done(request, course, "Lab session added.")
 
 
-@login_required
+@course_view("manage")
 @require_POST
-def session_delete(request, pk, session_id):
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
+def session_delete(request, course, session_id):
     get_object_or_404(LabSession, pk=session_id, course=course).delete()
     audit.record("class.session.delete", request=request, detail=f"course {course.pk}: session {session_id}")
     return _done(request, course, "Lab session removed.")
 
 
-@login_required
+@course_view("manage")
 @require_POST
-def assistant_add(request, pk):
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
+def assistant_add(request, course):
     form = AssistantForm(request.POST)
     try:
         if not form.is_valid():
@@ -467,11 +437,9 @@ def assistant_add(request, pk):
     return _done(request, course, f"{m.user.get_username()} assists in this course now.")
 
 
-@login_required
+@course_view("manage")
 @require_POST
-def assistant_remove(request, pk, member):
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
+def assistant_remove(request, course, member):
     m = get_object_or_404(Membership, pk=member, course=course)
     try:
         services.remove_assistant(request.user, course, m, request=request)
@@ -480,10 +448,8 @@ def assistant_remove(request, pk, member):
     return _done(request, course, f"{m.user.get_username()} no longer assists.")
 
 
-@login_required
-def end(request, pk):
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
+@course_view("manage")
+def end(request, course):
     form = EndForm(request.POST or None, course=course)
     if request.method == "POST" and form.is_valid():
         try:
@@ -499,11 +465,9 @@ def end(request, pk):
                   status=400 if form.errors else 200)
 
 
-@login_required
+@course_view("manage")
 @require_POST
-def extend(request, pk):
-    course = get_course_or_404(request.user, pk)
-    require_manage(request.user, course)
+def extend(request, course):
     form = ExtendForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Give the new end date.")
@@ -515,10 +479,9 @@ def extend(request, pk):
     return _done(request, course, f"The course now ends on {course.ends_on:%Y-%m-%d}.")
 
 
-@login_required
+@course_view()
 @require_POST
-def reset_own(request, pk, member):
-    course = get_course_or_404(request.user, pk)
+def reset_own(request, course, member):
     membership = get_object_or_404(Membership, pk=member, course=course, user=request.user)
     form = ResetOwnForm(request.POST)
     if not form.is_valid():
