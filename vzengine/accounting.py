@@ -106,36 +106,32 @@ def _sum_v2_io(text: str | None) -> dict[str, int | None]:
     return out
 
 
-def subvolume_id(path: Path) -> int | None:
-    """The btrfs subvolume id of the subvolume whose root is ``path`` (None if not btrfs)."""
+def _dir_ioctl(path: Path, request: int, buf: bytearray) -> bytearray | None:
+    """Run a btrfs ioctl on the directory ``path``; return the filled buffer, None if it fails."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        buf = bytearray(4096)
-        struct.pack_into("QQ", buf, 0, 0, _BTRFS_FIRST_FREE_OBJECTID)
-        fcntl.ioctl(fd, _BTRFS_IOC_INO_LOOKUP, buf)
-        return struct.unpack_from("Q", buf, 0)[0]
+        fcntl.ioctl(fd, request, buf)
+        return buf
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def subvolume_id(path: Path) -> int | None:
+    """The btrfs subvolume id of the subvolume whose root is ``path`` (None if not btrfs)."""
+    buf = bytearray(4096)
+    struct.pack_into("QQ", buf, 0, 0, _BTRFS_FIRST_FREE_OBJECTID)
+    out = _dir_ioctl(path, _BTRFS_IOC_INO_LOOKUP, buf)
+    return struct.unpack_from("Q", out, 0)[0] if out is not None else None
 
 
 def btrfs_fsid(path: Path) -> str | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        buf = bytearray(1024)
-        fcntl.ioctl(fd, _BTRFS_IOC_FS_INFO, buf)
-        return str(uuid.UUID(bytes=bytes(buf[16:32])))
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    out = _dir_ioctl(path, _BTRFS_IOC_FS_INFO, bytearray(1024))
+    return str(uuid.UUID(bytes=bytes(out[16:32]))) if out is not None else None
 
 
 def qgroups_dir(pool: Path) -> Path | None:
