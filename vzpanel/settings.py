@@ -7,6 +7,7 @@ VZPANEL_NODE    name of this node and its queue `node:<name>` (default "local")
 VZ_ROOT         passed through to the engine (the node agent only)
 VZPANEL_CONSOLE_LINGER        seconds a console session survives with nobody watching (default 600)
 VZPANEL_CONSOLE_IDLE_TIMEOUT  seconds without input after which a console session ends (default 3600)
+VZPANEL_AGENT_WORKERS         node agent processes serve starts, tasks of different VEs run at once (default 3)
 VZPANEL_CONSOLE_RECHECK       seconds between checks that an open console's user may still see its VE (default 20)
 """
 
@@ -43,6 +44,9 @@ VZ_ROOT = os.environ.get("VZ_ROOT", "")
 BACKUP_DIR = os.environ.get("VZPANEL_BACKUP_DIR", "")
 VZPANEL_WEB_USER = os.environ.get("VZPANEL_WEB_USER", "vzpanel")
 RECONCILE_INTERVAL = int(os.environ.get("VZPANEL_RECONCILE_INTERVAL", "30"))
+# Node agent processes (RQ workers) `serve` starts: a long task (a backup, a class reset) on one VE must not
+# hold up another customer's start. The engine locks each VE; the panel runs one task per VE at a time.
+AGENT_WORKERS = max(1, int(os.environ.get("VZPANEL_AGENT_WORKERS", "3")))
 # Web console (vzpanel.console): sessions live in the node agent's console daemon.
 CONSOLE_LINGER = float(os.environ.get("VZPANEL_CONSOLE_LINGER", "600"))
 CONSOLE_IDLE_TIMEOUT = float(os.environ.get("VZPANEL_CONSOLE_IDLE_TIMEOUT", "3600"))

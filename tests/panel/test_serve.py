@@ -69,7 +69,7 @@ def test_it_serves_the_panel_and_stops_everything(state_dir):
     if reason := web_user_can_run_python():
         pytest.skip(f"the web user cannot run this Python ({reason}); see vzpanel/NOTES.md")
     port = free_port()
-    proc = serve(state_dir, port)
+    proc = serve(state_dir, port, VZPANEL_AGENT_WORKERS="2")
     try:
         out = read_until(proc, r"up at http://127\.0\.0\.1:\d+/")
         assert "created admin 'root-admin'" in out
@@ -77,10 +77,11 @@ def test_it_serves_the_panel_and_stops_everything(state_dir):
         users = {c.name(): c.username() for c in children}
         assert "redis-server" in users
         web = [c for c in children if "daphne" in " ".join(c.cmdline())]
-        agent = [c for c in children if "rqworker" in " ".join(c.cmdline())]
+        # serve's own children: a worker's work-horse (a fork running a job) has the same command line
+        agent = [c for c in psutil.Process(proc.pid).children() if "rqworker" in " ".join(c.cmdline())]
         console = [c for c in children if "consoled" in " ".join(c.cmdline())]
         assert web and web[0].username() == "vzpanel"  # the web process is unprivileged
-        assert agent and agent[0].username() == "root"
+        assert len(agent) == 2 and {a.username() for a in agent} == {"root"}  # VZPANEL_AGENT_WORKERS=2
         assert console and console[0].username() == "root"  # it attaches to VEs
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=10).read().decode()
         assert "Log in" in page

@@ -53,9 +53,11 @@ class Command(BaseCommand):
             self.check_web_user_can_run()
             self.start("web", [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--proxy-headers",
                                "vzpanel.asgi:application"], env, as_web_user=True)
-            self.start("agent", [sys.executable, str(settings.BASE_DIR / "manage.py"), "rqworker",
-                                 f"node:{settings.VZPANEL_NODE}", "--name", f"agent-{settings.VZPANEL_NODE}-{os.getpid()}"],
-                       env, as_web_user=False)
+            for i in range(1, settings.AGENT_WORKERS + 1):
+                self.start(f"agent{i}", [sys.executable, str(settings.BASE_DIR / "manage.py"), "rqworker",
+                                         f"node:{settings.VZPANEL_NODE}", "--name",
+                                         f"agent-{settings.VZPANEL_NODE}-{os.getpid()}-{i}"],
+                           env, as_web_user=False)
             # The console daemon attaches to VEs, so it runs as root too; the web process only relays to it.
             self.start("console", [sys.executable, str(settings.BASE_DIR / "manage.py"), "consoled",
                                    "--node", settings.VZPANEL_NODE], env, as_web_user=False)
@@ -230,6 +232,7 @@ class Command(BaseCommand):
 
         queue = get_queue(settings.VZPANEL_NODE)
         next_reconcile = 0.0
+        periodic: list = []  # the last reconcile and tick jobs: a new round waits until they have run
         next_status = time.monotonic() + 60
         while not self.stopping:
             for name, proc in self.children.items():
@@ -237,14 +240,16 @@ class Command(BaseCommand):
                     self.say(f"{name} (pid {proc.pid}) exited with status {proc.returncode}; stopping")
                     return
             now = time.monotonic()
-            if now >= next_reconcile:
+            if now >= next_reconcile and not self.still_pending(periodic):
                 next_reconcile = now + settings.RECONCILE_INTERVAL
                 try:
-                    queue.enqueue("vzpanel.nodes.reconcile.reconcile_node", settings.VZPANEL_NODE,
-                                  result_ttl=0, failure_ttl=3600, job_timeout=300, description="reconcile")
-                    # the classroom tick: lab schedules and the idle policy
-                    queue.enqueue("vzpanel.classroom.jobs.tick", settings.VZPANEL_NODE, result_ttl=0,
-                                  failure_ttl=3600, job_timeout=300, description="classroom tick")
+                    periodic = [
+                        queue.enqueue("vzpanel.nodes.reconcile.reconcile_node", settings.VZPANEL_NODE,
+                                      result_ttl=0, failure_ttl=3600, job_timeout=300, description="reconcile"),
+                        # the classroom tick: lab schedules and the idle policy
+                        queue.enqueue("vzpanel.classroom.jobs.tick", settings.VZPANEL_NODE, result_ttl=0,
+                                      failure_ttl=3600, job_timeout=300, description="classroom tick"),
+                    ]
                 except Exception as exc:
                     self.say(f"could not queue reconcile: {exc}")
             if now >= next_status:
@@ -256,22 +261,36 @@ class Command(BaseCommand):
                 self.say(f"status: {', '.join(self.children)} up; {queued} job(s) waiting on {queue.name}")
             time.sleep(0.5)
 
+    @staticmethod
+    def still_pending(jobs) -> bool:
+        """Whether any of jobs is still queued or running (several agents must not reconcile at once)."""
+        for job in jobs:
+            try:
+                if job.get_status(refresh=True) in ("queued", "started", "deferred", "scheduled"):
+                    return True
+            except Exception:  # gone from Redis: it ran (result_ttl=0) or was lost
+                continue
+        return False
+
     def on_signal(self, signum, frame):
         self.stopping = True
 
     def stop_all(self):
-        """Stop the children we started, by pid: web first, then the console daemon and the agent, Redis last."""
-        for name in ("web", "console", "agent", "redis"):
-            proc = self.children.get(name)
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            self.say(f"stopped {name} (pid {proc.pid})")
+        """Stop the children we started, by pid: web first, then the console daemon, the agents (together), Redis."""
+        agents = tuple(name for name in self.children if name.startswith("agent"))
+        for group in (("web",), ("console",), agents, ("redis",)):
+            procs = {name: self.children[name] for name in group
+                     if name in self.children and self.children[name].poll() is None}
+            for proc in procs.values():
+                proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for name, proc in procs.items():
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                self.say(f"stopped {name} (pid {proc.pid})")
         for proc in self.children.values():
             if proc.poll() is None:
                 proc.kill()
