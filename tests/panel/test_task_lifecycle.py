@@ -107,3 +107,37 @@ def test_start_resumes_a_suspended_ve_with_its_processes(node_agent, engine_root
     finally:
         if engine.exists(ctid):
             engine.destroy(ctid)
+
+
+def test_with_two_agents_a_slow_task_does_not_hold_up_another_ves(node_agent, redis_url, panel_state, test_db_path,
+                                                                   engine_root, client_for, owner, node):
+    """What `serve` runs (VZPANEL_AGENT_WORKERS): a second agent takes the next VE's task meanwhile."""
+    from rq import Worker
+
+    from tests.panel.conftest import start_agent, stop_agent, wait_for
+    from vzengine import Engine
+    from vzpanel.tasks.queue import get_queue
+
+    second = start_agent(redis_url, panel_state, test_db_path, VZ_ROOT=str(engine_root))
+    engine = Engine(engine_root)
+    slow, quick = 9611, 9612
+    try:
+        queue = get_queue(node.name)
+        wait_for(lambda: len(Worker.all(queue=queue)) >= 2, 30, "two agents on the queue")
+        for ctid in (slow, quick):
+            engine.create(ctid, "tiny", hostname=f"c{ctid}")
+        engine.start(slow, wait_boot=True)
+        slow_ve = make_ve(owner, node, slow)
+        quick_ve = make_ve(owner, node, quick, status="stopped")
+        client = client_for(owner)
+        client.post(f"/ves/{slow}/stop/")  # a clean stop of BusyBox init takes ~2.5 s
+        client.post(f"/ves/{quick}/start/")
+        stop = wait_task(Task.objects.get(ve=slow_ve, action="stop"))
+        start = wait_task(Task.objects.get(ve=quick_ve, action="start"))
+        assert stop.status == start.status == "completed", (stop.error, start.error)
+        assert start.finished_at < stop.finished_at  # it did not wait behind the stop
+    finally:
+        stop_agent(second)
+        for ctid in (slow, quick):
+            if engine.exists(ctid):
+                engine.destroy(ctid)
