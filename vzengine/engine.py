@@ -563,6 +563,17 @@ class Engine:
         line = command if isinstance(command, str) else " ".join(command)
         return self.lxc.attach_argv(conf.ctid, ["/bin/sh", "-c", line])
 
+    def console_argv(self, ctid) -> list[str]:
+        """The command line that attaches the terminal to a running VE's console (Ctrl-a q detaches)."""
+        conf = self.config(ctid)
+        if not self._spec(conf).checkpointable and self.is_running(conf.ctid):
+            return ["lxc-console", *self.lxc._args(conf.ctid), "-t", "0"]
+        if not self._spec(conf).checkpointable:
+            raise StateError(f"VE {conf.ctid} is not running; its last console output is in "
+                             f"{self.layout.console_log(conf.ctid)} (vzctl console {conf.ctid} --log)")
+        raise Unsupported(f"VE {conf.ctid} has no console device: VEs whose template can be checkpointed "
+                          f"({conf.get('OSTEMPLATE') or 'this one'}) have none, which CRIU needs; use vzctl enter")
+
     def enter_argv(self, ctid, term: str | None = None) -> list[str]:
         """The command line that opens a root login shell inside a running VE."""
         conf = self.config(ctid)

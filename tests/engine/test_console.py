@@ -289,8 +289,49 @@ def test_a_ve_that_stops_while_booting_ends_the_session_and_closing_one_ends_the
     engine.stop(ctid, fast=True)
 
 
+def test_vzctl_console_explains_why_a_checkpointable_ve_has_none(cli, tiny_ve):
+    r = cli("vzctl", "console", str(tiny_ve))
+    assert r.returncode == 8 and f"VE {tiny_ve} has no console device" in r.stderr and "vzctl enter" in r.stderr
+    r = cli("vzctl", "console", str(tiny_ve), "--log")
+    assert r.returncode == 3 and "has no console log" in r.stderr
+    assert cli("vzctl", "console", "no-such-ve").returncode == 2
+
+
+def vzctl_console_in_a_pty(vz_root, ctid) -> tuple[bytes, int]:
+    """Attach `vzctl console` to a pseudo-terminal, wait for LXC to connect, detach with Ctrl-a q."""
+    import pty
+    import select
+    import time
+
+    from tests.engine.conftest import BIN
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: vzctl replaces itself with lxc-console on the pty
+        os.execv(str(BIN / "vzctl"), ["vzctl", "--root", str(vz_root), "console", str(ctid)])
+    seen, deadline = b"", time.monotonic() + 20
+    try:
+        while b"Ctrl+a q" not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                with contextlib.suppress(OSError):
+                    seen += os.read(fd, 4096)
+        os.write(fd, b"\x01q")
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return seen, os.waitstatus_to_exitcode(status)
+            if select.select([fd], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):
+                    seen += os.read(fd, 4096)
+        raise AssertionError(f"vzctl console did not detach: {seen!r}")
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+
 @pytest.mark.slow
-def test_a_systemd_ve_shows_its_boot_messages_from_its_console_log(engine, new_ctid):
+def test_a_systemd_ve_shows_its_boot_messages_from_its_console_log(engine, new_ctid, cli, vz_root):
     """debian-12 (systemd, not checkpointable) gets an LXC console whose log the session follows."""
     from vzengine.console import BootWatch
 
@@ -343,6 +384,10 @@ def test_a_systemd_ve_shows_its_boot_messages_from_its_console_log(engine, new_c
             await s.close()
 
     asyncio.run(go())
+    r = cli("vzctl", "console", str(ctid), "--log")
+    assert r.returncode == 0 and "Welcome to Debian" in r.stdout and "Finished slowboot" in r.stdout
+    seen, code = vzctl_console_in_a_pty(vz_root, ctid)
+    assert code == 0 and b"attached to the console of VE" in seen, seen
     # The closed sessions' shells were reaped by their lxc-attach: no zombie holds up the clean stop.
     assert engine.exec(ctid, "ps -e -o stat= | grep -c Z").stdout.strip() == "0"
     engine.destroy(ctid)

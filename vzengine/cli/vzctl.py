@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from .. import templates, validate
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 from .common import Parser, add_global_options, main_wrapper, make_engine, progress_printer
 
 PROG = "vzctl"
@@ -73,6 +73,10 @@ def build_parser() -> Parser:
 
     s = sub.add_parser("enter", help="open a root shell inside a running VE")
     s.add_argument("ctid")
+
+    s = sub.add_parser("console", help="watch a VE's console (systemd VEs: boot and shutdown messages)")
+    s.add_argument("ctid")
+    s.add_argument("--log", action="store_true", help="print what the console showed (this run and the last)")
 
     s = sub.add_parser("set", help="change a VE's parameters (live when it runs; --save keeps them)")
     s.add_argument("ctid")
@@ -170,6 +174,8 @@ def run_command(args) -> int:
         argv = eng.enter_argv(args.ctid, term=os.environ.get("TERM"))
         print(f"entered into VE {validate.ctid(args.ctid)}", file=sys.stderr)
         os.execvp(argv[0], argv)
+    elif cmd == "console":
+        return console_command(eng, args)
     elif cmd == "set":
         onboot = None if args.onboot is None else args.onboot == "yes"
         extra = feature_params(args)
@@ -191,6 +197,23 @@ def run_command(args) -> int:
                     return rc
         raise InvalidInput(f"unknown command {cmd!r}")
     return 0
+
+
+def console_command(eng, args) -> int:
+    if args.log:
+        ctid = eng.config(args.ctid).ctid
+        log = eng.layout.console_log(ctid)
+        runs = [p for p in (log.with_name(log.name + ".1"), log) if p.exists()]
+        if not runs:
+            raise NotFound(f"VE {ctid} has no console log (only VEs whose template cannot be checkpointed "
+                           "have a console)")
+        for path in runs:
+            sys.stdout.write(path.read_text(errors="replace"))
+        return 0
+    argv = eng.console_argv(args.ctid)
+    print(f"attached to the console of VE {validate.ctid(args.ctid)}: its output, with no login on it "
+          "(vzctl enter gives a shell); Ctrl-a q detaches", file=sys.stderr)
+    os.execvp(argv[0], argv)
 
 
 def template_command(eng, args, progress) -> int:
