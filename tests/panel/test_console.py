@@ -697,3 +697,40 @@ def test_it_types_in_the_browser_terminal_and_reads_the_answer(live_panel, brows
     other.keyboard.type("echo ADMIN-$((2*2))")
     other.keyboard.press("Enter")
     expect(page.locator("#terminal .xterm-rows")).to_contain_text("ADMIN-4", timeout=10_000)
+
+
+@pytest.mark.slow
+def test_start_ve_in_the_browser_console_shows_the_boot_messages_then_the_shell(
+        live_panel, browser, node_agent, daemon, vz_root, owner, node):
+    """The issue's "the console of a VE that is still booting shows its boot messages", end to end."""
+    from playwright.sync_api import expect
+
+    from tests.panel.test_browser import log_in
+    from vzengine import Engine
+
+    eng = Engine(vz_root, lock_wait=30)
+    ctid = next(_ctids)
+    eng.create(ctid, "debian-12", hostname=f"boot{ctid}")
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    try:
+        make_ve(owner, node, ctid, status="stopped", hostname=f"boot{ctid}")
+        log_in(page, live_panel, owner)
+        page.goto(f"{live_panel}/ves/{ctid}/console/")
+        start = page.get_by_role("button", name=f"Start VE {ctid}")
+        expect(start).to_be_visible(timeout=15_000)
+        start.click()
+        rows = page.locator("#terminal .xterm-rows")
+        # systemd's boot messages from the VE's console (the visible rows: the start has scrolled away)
+        expect(rows).to_contain_text("Reached target multi-user.target", timeout=60_000)
+        expect(rows).to_contain_text(f"VE {ctid} has booted.")
+        expect(page.locator("#console-status")).to_have_text("connected", timeout=60_000)
+        page.locator("#terminal").click()
+        page.keyboard.type("hostname")
+        page.keyboard.press("Enter")
+        expect(rows).to_contain_text(f"boot{ctid}", timeout=10_000)
+        assert eng.is_running(ctid)
+    finally:
+        page.close()
+        client.close_ve(node.name, ctid)
+        if eng.exists(ctid):
+            eng.destroy(ctid)
