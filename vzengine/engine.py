@@ -234,6 +234,15 @@ class Engine:
         if os.environ.get("VZ_FAIL_AT") == name:
             raise CommandFailed(f"injected failure at {name}")
 
+    def new_identity(self, ctid, hostname: str | None = None) -> None:
+        """Give a stopped VE a machine-id and SSH host keys of its own (as create and clone do), e.g. a copy
+        restored from another VE's backup."""
+        conf = self.config(ctid)
+        with self._lock(conf.ctid, "identity"):
+            if self.is_running(conf.ctid):
+                raise StateError(f"VE {conf.ctid} is running: stop it to give it a new identity")
+            self._set_identity(self.layout.private(conf.ctid), hostname or conf.hostname or f"ve{conf.ctid}")
+
     def _set_identity(self, private: Path, hostname: str) -> None:
         """Give a new VE a machine-id and SSH host keys of its own."""
         base = self._base_uid()

@@ -324,3 +324,195 @@ def test_the_schema_lists_snapshots_and_backups(api_for, owner):
     assert {"get", "post"} <= set(paths["/api/ves/{ctid}/backups/"])
     assert "post" in paths["/api/ves/{ctid}/backups/{backup_id}/restore/"]
     assert "delete" in paths["/api/ves/{ctid}/backups/{backup_id}/"]
+    assert "post" in paths["/api/ves/{ctid}/backups/{backup_id}/restore-new/"]
+    assert "post" in paths["/api/backups/{id}/restore-new/"] and "get" in paths["/api/backups/"]
+    body = paths["/api/backups/{id}/restore-new/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/RestoreNew"}
+
+
+# --- a backup restored as a new VE ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restored_cleanup(engine, node_agent):
+    """After the test: remove every VE the panel made (restored ones get CTIDs new_ctid did not hand out) and
+    their backup files, even when the test failed. Runs before the agent stops and the database is flushed."""
+    yield
+    for ctid in set(VE.objects.values_list("ctid", flat=True)):
+        if engine.exists(ctid):
+            engine.destroy(ctid)
+        for path in (engine.layout.root / "backups").glob(f"ve-{ctid}-*"):
+            path.unlink(missing_ok=True)
+
+
+def new_ves(before: set) -> list:
+    return list(VE.objects.exclude(pk__in=before))
+
+
+@pytest.mark.root
+@pytest.mark.django_db(transaction=True)
+def test_an_admin_restores_a_destroyed_ves_kept_backup_as_a_new_ve_for_its_former_owner(
+        node_agent, restored_cleanup, engine, live_ve, client_for, api_for, owner, admin, plan):
+    ctid = live_ve.ctid
+    assert engine.exec(ctid, "echo before-the-backup > /root/marker").returncode == 0
+    api_for(owner).post(f"/api/ves/{ctid}/backups/")
+    backup = Backup.objects.get(pk=one_task(live_ve, "backup").result["backup"])
+    api_for(owner).delete(f"/api/ves/{ctid}/")  # keeps its backups
+    one_task(live_ve, "destroy")
+    assert not engine.exists(ctid)
+
+    web = client_for(admin)
+    page = web.get("/ves/backups/").content.decode()
+    form = page[page.index(f'data-restore-new="{backup.pk}"'):]
+    assert 'name="owner"' in form and 'value="oscar-owner"' in form and "(next free)" in form
+    before = set(VE.objects.values_list("pk", flat=True))
+    response = web.post(f"/ves/backups/{backup.pk}/restore-new/", {"start": "on"}, follow=True)
+    assert "is being restored as new VE" in " ".join(messages_of(response))
+    [new] = new_ves(before)
+    task = one_task(new, "restore_new")
+    new.refresh_from_db()
+    assert new.ctid == ctid + 1 and new.owner == owner and new.status == "running"  # the next free CTID
+    assert new.limits == plan.limits() and new.hostname == f"ve{new.ctid}"
+    assert engine.is_running(new.ctid) and engine.status(new.ctid).hostname == f"ve{new.ctid}"
+    assert engine.exec(new.ctid, "cat /root/marker").stdout.strip() == "before-the-backup"
+    assert engine.exec(new.ctid, "hostname").stdout.strip() == f"ve{new.ctid}"
+    assert task.user == admin and task.params["backup"] == backup.pk
+    assert AuditEntry.objects.get(action="ve.restore_new", ctid=new.ctid).result == "completed"
+    assert AuditEntry.objects.filter(action="ve.backup_restore_new", ctid=ctid).exists()
+    # it is the owner's like any other: their page, their API, their stop
+    assert client_for(owner).get(f"/ves/{new.ctid}/").status_code == 200
+    assert api_for(owner).post(f"/api/ves/{new.ctid}/stop/").status_code == 202
+    one_task(new, "stop")
+    assert not engine.is_running(new.ctid)
+
+
+@pytest.mark.root
+@pytest.mark.django_db(transaction=True)
+def test_a_customer_restores_their_live_ves_backup_as_a_new_ve_with_an_identity_of_its_own(
+        node_agent, restored_cleanup, engine, new_ctid, node, client_for, api_for, owner, plan):
+    ctid = new_ctid()
+    info = engine.create(ctid, "tiny", hostname=f"src{ctid}", ipadd=["auto"])
+    engine.start(ctid, wait_boot=True)
+    source = VE.objects.create(ctid=ctid, node=node, owner=owner, hostname=f"src{ctid}", ostemplate="tiny",
+                               status="running", ip_addresses=info.ip_addresses)
+    assert engine.exec(ctid, "echo mine > /root/marker").returncode == 0
+    api = api_for(owner)
+    api.post(f"/api/ves/{ctid}/backups/")
+    backup = Backup.objects.get(pk=one_task(source, "backup").result["backup"])
+    page = client_for(owner).get(f"/ves/{ctid}/backups/").content.decode()
+    form = page[page.index(f'data-restore-new="{backup.pk}"'):]
+    form = form[:form.index("</form>")]
+    assert "Restore as a new VE" in form and 'name="owner"' not in form and 'name="ctid"' not in form
+
+    response = api.post(f"/api/ves/{ctid}/backups/{backup.pk}/restore-new/", {"hostname": "copy1"}, format="json")
+    assert response.status_code == 202, response.json()
+    new = VE.objects.get(ctid=response.json()["ve"])
+    one_task(new, "restore_new")
+    new.refresh_from_db()
+    assert new.ctid != ctid and new.owner == owner and new.status == "running"
+    assert engine.is_running(ctid) and engine.is_running(new.ctid)  # both run
+    assert new.ip_addresses and not set(new.ip_addresses) & set(source.ip_addresses)
+    assert engine.status(ctid).ip_addresses == source.ip_addresses  # the source kept its own
+
+    def read(c, command):
+        return engine.exec(c, command).stdout.strip()
+
+    assert read(new.ctid, "cat /root/marker") == "mine"
+    assert (read(ctid, "hostname"), read(new.ctid, "hostname")) == (f"src{ctid}", "copy1")
+    for what in ("cat /sys/class/net/eth0/address", "cat /etc/machine-id", "ip -4 -o addr show dev eth0"):
+        assert read(ctid, what) != read(new.ctid, what), what
+    assert new.ip_addresses[0] in read(new.ctid, "ip -4 -o addr show dev eth0")
+
+    # the plan (2 VEs) is full now: refused in words, nothing made
+    count, tasks = VE.objects.count(), Task.objects.count()
+    response = client_for(owner).post(f"/ves/{ctid}/backups/{backup.pk}/restore-new/", {"start": "on"}, follow=True)
+    assert ("Your plan small allows 2 VE(s) and you have 2. Destroy one or ask an admin for a bigger plan."
+            in messages_of(response))
+    assert (VE.objects.count(), Task.objects.count()) == (count, tasks)
+
+
+def test_restoring_as_a_new_ve_refuses_bad_ctids_in_words_and_makes_nothing(client_for, api_for, admin, owner_ve,
+                                                                           stored, plan):
+    plan.max_ves = 5
+    plan.save()
+    before = (state(owner_ve), VE.objects.count())
+    web, api = client_for(admin), api_for(admin)
+    for ctid, words in (("101", "CTID 101 is taken by a VE; leave the CTID empty for the next free one (102)."),
+                        ("5", "CTID 5 is out of range: a CTID is from 100 to 999999999."),
+                        ("1000000000", "CTID 1000000000 is out of range"),
+                        ("12a", "A CTID is a whole number from 100 to 999999999 (got '12a').")):
+        for url in (f"/ves/101/backups/{stored.pk}/restore-new/", f"/ves/backups/{stored.pk}/restore-new/"):
+            response = web.post(url, {"ctid": ctid, "start": "on"}, follow=True)
+            assert words in " ".join(messages_of(response)), (url, ctid)
+    response = api.post(f"/api/backups/{stored.pk}/restore-new/", {"ctid": 5}, format="json")
+    assert response.status_code == 400 and "out of range" in response.json()["detail"]
+    response = api.post(f"/api/ves/101/backups/{stored.pk}/restore-new/", {"ctid": 101}, format="json")
+    assert response.status_code == 400 and "CTID 101 is taken" in response.json()["detail"]
+    response = api.post(f"/api/ves/101/backups/{stored.pk}/restore-new/", {"hostname": "-bad-"}, format="json")
+    assert response.status_code == 400 and "A host name is letters" in response.json()["detail"]
+    response = web.post(f"/ves/backups/{stored.pk}/restore-new/", {"owner": "nobody"}, follow=True)
+    assert "Owner: There is no user named 'nobody'. Nothing was restored." in messages_of(response)
+    assert (state(owner_ve), VE.objects.count()) == before
+
+
+def test_restoring_as_a_new_ve_keeps_to_the_plan_and_to_the_owner(client_for, api_for, admin, owner, outsider,
+                                                                 teacher, student, owner_ve, node, stored, plan):
+    plan.max_ves = 1  # the owner has VE 101
+    plan.save()
+    student_ve = make_ve(student, node, 201)
+    theirs = Backup.objects.create(ve=student_ve, node=node, ctid=201, path="/nonexistent/ve-201.tar.zst",
+                                   created_at=stored.created_at)
+    before = (state(owner_ve), VE.objects.count())
+    api = api_for(owner)
+    response = api.post(f"/api/ves/101/backups/{stored.pk}/restore-new/", {}, format="json")
+    assert response.status_code == 403 and response.json()["detail"] == (
+        "Your plan small allows 1 VE(s) and you have 1. Destroy one or ask an admin for a bigger plan.")
+    for data, words in (({"ctid": 500}, "Only admins choose the CTID"),
+                        ({"owner": "olga-outsider"}, "Only admins can restore a backup as a VE of another user."),
+                        ({"beyond_plan": True}, "Only admins can restore a VE beyond a plan.")):
+        response = api.post(f"/api/ves/101/backups/{stored.pk}/restore-new/", data, format="json")
+        assert response.status_code == 400 and words in response.json()["detail"]
+    # the admin route and page are admins' only: 404 for the owner too
+    assert api.post(f"/api/backups/{stored.pk}/restore-new/", {}, format="json").status_code == 404
+    assert api.get("/api/backups/").status_code == 404
+    assert client_for(owner).post(f"/ves/backups/{stored.pk}/restore-new/").status_code == 404
+    # a teacher who sees a student's VE may not copy it
+    response = api_for(teacher).post(f"/api/ves/201/backups/{theirs.pk}/restore-new/", {}, format="json")
+    assert response.status_code == 403 and response.json()["detail"] == (
+        "Only the owner of VE 201 or an admin can restore its backups as a new VE.")
+    assert (state(owner_ve), VE.objects.count()) == before
+
+    # an admin, beyond the owner's plan; the backup's file stays while it is restored; cancel gives the VE back
+    response = api_for(admin).post(f"/api/ves/101/backups/{stored.pk}/restore-new/", {"beyond_plan": True},
+                                   format="json")
+    assert response.status_code == 202, response.json()
+    task = Task.objects.get(pk=response.json()["id"])
+    new = task.ve
+    assert (new.ctid, new.owner, new.status, new.hostname) == (202, owner, "creating", "ve202")
+    assert new.limits == plan.limits() and task.params == {
+        "backup": stored.pk, "source": 101, "hostname": "ve202", "start": True, "addresses": {"4": 1, "6": 0}}
+    assert AuditEntry.objects.get(action="ve.restore_new").detail.endswith("owner oscar-owner, beyond plan")
+    assert AuditEntry.objects.get(action="ve.backup_restore_new").detail == (
+        f"backup {stored.pk} restored as new VE 202 (task {task.pk})")
+    response = api.delete(f"/api/ves/101/backups/{stored.pk}/")
+    assert response.status_code == 409 and response.json()["detail"] == (
+        f"Backup {stored.pk} of VE 101 is being restored as new VE 202 (task {task.pk}); delete it once that has "
+        "finished.")
+    assert api_for(admin).post(f"/api/tasks/{task.pk}/cancel/").status_code == 200
+    new.refresh_from_db()
+    assert new.status == "destroyed"
+
+    # a destroyed VE's kept backup: by default for its former owner, whose plan counts
+    VE.objects.filter(pk=owner_ve.pk).update(status="destroyed")
+    make_ve(owner, node, 102)
+    assert [b["id"] for b in api_for(admin).get("/api/backups/").json()] == [stored.pk]
+    response = api_for(admin).post(f"/api/backups/{stored.pk}/restore-new/", {}, format="json")
+    assert response.status_code == 403 and response.json()["detail"] == (
+        "The plan small of oscar-owner allows 1 VE(s) and they have 1. Tick “beyond the plan” to restore anyway.")
+    response = client_for(admin).post(f"/ves/backups/{stored.pk}/restore-new/",
+                                      {"owner": "olga-outsider", "ctid": "101", "hostname": "Back.Example.COM"})
+    task = Task.objects.filter(action="restore_new").order_by("-id").first()
+    assert response.status_code == 302 and response.url == f"/tasks/{task.pk}/"
+    # its own CTID again: it keeps its own host name unless one is given
+    assert (task.ve.ctid, task.ve.owner, task.ve.hostname) == (101, outsider, "back.example.com")
+    assert task.params["start"] is False

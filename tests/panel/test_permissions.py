@@ -30,6 +30,9 @@ PAGE_POSTS = [
     ("/ves/{ctid}/backups/7/restore/", {"confirm": "on"}),
     ("/ves/{ctid}/backups/7/delete/", {}),
     ("/ves/backups/7/delete/", {}),
+    ("/ves/{ctid}/backups/7/restore-new/", {"start": "on"}),
+    ("/ves/{ctid}/backups/7/restore-new/", {"owner": "olga-outsider", "ctid": "500", "beyond_plan": "on"}),
+    ("/ves/backups/7/restore-new/", {"owner": "olga-outsider"}),
 ]
 API_CALLS = [
     ("get", "/api/ves/{ctid}/", None),
@@ -51,6 +54,10 @@ API_CALLS = [
     ("post", "/api/ves/{ctid}/backups/", {}),
     ("post", "/api/ves/{ctid}/backups/7/restore/", {}),
     ("delete", "/api/ves/{ctid}/backups/7/", None),
+    ("post", "/api/ves/{ctid}/backups/7/restore-new/", {}),
+    ("post", "/api/ves/{ctid}/backups/7/restore-new/", {"owner": "olga-outsider", "beyond_plan": True}),
+    ("post", "/api/backups/7/restore-new/", {"owner": "olga-outsider"}),
+    ("get", "/api/backups/", None),
 ]
 TASK_PAGES = [("get", "/tasks/{task}/"), ("get", "/tasks/{task}/panel/"), ("post", "/tasks/{task}/cancel/")]
 TASK_API = [("get", "/api/tasks/{task}/"), ("post", "/api/tasks/{task}/cancel/")]
@@ -76,7 +83,7 @@ def snapshot(ve):
     ve.refresh_from_db()
     tasks = list(Task.objects.values_list("id", "status"))
     storage = (list(Snapshot.objects.values_list("id", "name")), list(Backup.objects.values_list("id", "deleted_at")))
-    return (ve.status, ve.hostname, ve.owner_id), tasks, storage
+    return (ve.status, ve.hostname, ve.owner_id), tasks, storage, list(VE.objects.values_list("ctid", "status"))
 
 
 def ws_connect(user, path):

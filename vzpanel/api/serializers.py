@@ -109,3 +109,16 @@ class BackupSerializer(serializers.ModelSerializer):
 
     def get_verified(self, backup) -> bool:
         return backup.verified_at is not None
+
+
+class RestoreNewSerializer(serializers.Serializer):
+    owner = serializers.SlugRelatedField(slug_field="username", queryset=get_user_model().objects.all(),
+                                         required=False, allow_null=True, default=None,
+                                         help_text="admins only; default: the backup's VE's (former) owner")
+    ctid = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                    help_text="admins only; default: the next free CTID")
+    hostname = serializers.CharField(max_length=253, required=False, allow_blank=True, default="",
+                                     help_text="default: ve<CTID> (under the backup's own CTID: its own)")
+    start = serializers.BooleanField(required=False, default=True)
+    beyond_plan = serializers.BooleanField(required=False, default=False,
+                                           help_text="admins only: even if the owner's plan allows no more VEs")

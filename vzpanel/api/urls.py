@@ -8,6 +8,7 @@ from . import views
 
 router = DefaultRouter()
 router.register("ves", views.VEViewSet, basename="ve")
+router.register("backups", views.BackupViewSet, basename="backup")
 router.register("tasks", views.TaskViewSet, basename="task")
 router.register("templates", views.TemplateViewSet, basename="template")
 router.register("audit", views.AuditViewSet, basename="audit")

@@ -1,6 +1,7 @@
 """The REST API: the same services and permission rule as the pages."""
 
 from django.db.models import Exists, OuterRef
+from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
@@ -14,8 +15,9 @@ from vzpanel.nodes.models import Node
 from vzpanel.tasks.models import Task
 from vzpanel.tasks.views import TaskFilterForm
 from vzpanel.ves import services
-from vzpanel.ves.access import get_task_or_404, get_ve_or_404, visible_tasks, visible_ves
+from vzpanel.ves.access import get_task_or_404, get_ve_or_404, visible_backups, visible_tasks, visible_ves
 from vzpanel.ves.forms import VEFilterForm
+from vzpanel.ves.models import Backup
 
 from . import serializers as s
 
@@ -147,6 +149,19 @@ class VEViewSet(viewsets.ViewSet):
         return accepted(services.request_action(request.user, ve, Task.Action.RESTORE, request=request,
                                                 backup=backup_id))
 
+    @extend_schema(request=s.RestoreNewSerializer, responses={202: s.TaskSerializer},
+                   parameters=[OpenApiParameter("backup_id", int, OpenApiParameter.PATH)],
+                   description="Restore the backup as a new VE (the task's VE; this VE is not touched): its own CTID, "
+                               "host name, identity and addresses from the pool, the owner's plan limits. Admins: "
+                               "any owner and CTID; the VE's owner: a VE of their own within their plan; others who "
+                               "may see the VE: 403.")
+    @action(detail=True, methods=["post"], url_path=r"backups/(?P<backup_id>[^/]+)/restore-new")
+    def backup_restore_new(self, request, ctid=None, backup_id=None):
+        ve = self.get_ve()
+        backup = services.find_backup(request.user, ve, backup_id)
+        data = self.validated(s.RestoreNewSerializer)
+        return accepted(services.restore_as_new(request.user, backup, request=request, **data))
+
     @extend_schema(request=None, responses={202: s.TaskSerializer},
                    parameters=[OpenApiParameter("backup_id", int, OpenApiParameter.PATH)])
     @action(detail=True, methods=["delete"], url_path=r"backups/(?P<backup_id>[^/]+)")
@@ -218,6 +233,38 @@ class VEViewSet(viewsets.ViewSet):
         params = self.validated(serializer_class) if serializer_class else {}
         params = {k: v for k, v in params.items() if v != ""}
         return accepted(services.request_action(self.request.user, ve, action_name, request=self.request, **params))
+
+
+class BackupViewSet(viewsets.ViewSet):
+    """Admins: the backups destroyed VEs left behind, to restore as a new VE (404 for everyone else)."""
+
+    lookup_value_regex = r"[^/]+"
+
+    def check_admin(self):
+        if not self.request.user.is_panel_admin:
+            raise Http404("Not found.")  # like the page /ves/backups/
+
+    @extend_schema(responses=s.BackupSerializer(many=True))
+    def list(self, request):
+        self.check_admin()
+        backups = visible_backups(request.user).kept().filter(ve__status="destroyed").select_related("ve")
+        return Response(s.BackupSerializer(backups, many=True).data)
+
+    @extend_schema(request=s.RestoreNewSerializer, responses={202: s.TaskSerializer},
+                   parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)],
+                   description="Restore any backup (a destroyed VE's kept one, say) as a new VE; default owner: the "
+                               "VE's former owner, within their plan unless beyond_plan.")
+    @action(detail=True, methods=["post"], url_path="restore-new")
+    def restore_new(self, request, pk=None):
+        self.check_admin()
+        try:
+            backup = visible_backups(request.user).select_related("ve", "ve__owner").get(pk=int(pk))
+        except (ValueError, TypeError, Backup.DoesNotExist):
+            raise Http404("No such backup.") from None
+        serializer = s.RestoreNewSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        return accepted(services.restore_as_new(request.user, backup, request=request, **data))
 
 
 class TaskViewSet(viewsets.ReadOnlyModelViewSet):

@@ -150,6 +150,8 @@ def do_destroy(task, progress, eng):
     deleted = []
     if task.params.get("delete_backups"):
         for backup in ve.backups.kept():
+            if in_use(backup, progress):
+                continue
             remove_backup(backup, "with its VE")
             deleted.append(backup.pk)
         if deleted:
@@ -224,6 +226,16 @@ def remove_backup(backup: Backup, why: str) -> None:
     backup.save(update_fields=["deleted_at", "deleted_why"])
 
 
+def in_use(backup: Backup, progress) -> bool:
+    """Whether a task is restoring backup as a new VE right now (its file stays; say so)."""
+    from vzpanel.ves.services import restoring_from
+
+    task = restoring_from(backup)
+    if task is not None:
+        progress(None, f"Kept backup {backup.pk} ({backup.file_name}): task {task.pk} is restoring it as a new VE")
+    return task is not None
+
+
 def rotate_backups(ve: VE, progress) -> list[int]:
     """Remove ve's oldest backups beyond its owner's plan's max_backups (the newest one always stays)."""
     plan = ve.owner.plan if ve.owner_id and ve.owner is not None else None
@@ -232,6 +244,8 @@ def rotate_backups(ve: VE, progress) -> list[int]:
     keep = max(plan.max_backups, 1)
     removed = []
     for old in ve.backups.kept().order_by("-created_at", "-id")[keep:]:
+        if in_use(old, progress):
+            continue
         remove_backup(old, f"rotated out: plan {plan.name} keeps {keep}")
         removed.append(old.pk)
         progress(None, f"Removed the oldest backup ({old.file_name}, {old.created_at:%Y-%m-%d %H:%M}): "
@@ -282,6 +296,95 @@ def do_restore(task, progress, eng):
     return {"backup": backup.pk, **info.to_dict()}
 
 
+def do_restore_new(task, progress, eng):
+    """Restore a backup as a new VE: the task's VE, a row the web side made in state "creating".
+
+    Under the backup's own CTID (a destroyed VE brought back) the VE keeps its host name, machine-id, SSH host
+    keys and those of its addresses and port forwards nobody has taken since; under any other CTID it gets a
+    host name, machine-id and SSH host keys of its own and as many addresses from the pool as the source had
+    (the engine does not restore another id's addresses, MACs or port forwards). Then the owner's plan limits.
+    Anything failing before the VE is complete removes it again (nothing stays behind); a failed start leaves
+    it stopped.
+    """
+    from vzengine import VZError
+
+    ve, params = task.ve, task.params
+    backup = Backup.objects.kept().filter(pk=params.get("backup")).select_related("ve").first()
+    try:
+        if backup is None:
+            raise TaskFailed(f"Backup {params.get('backup')} was deleted meanwhile; nothing was restored.")
+        if not Path(backup.path).is_file():
+            raise TaskFailed(f"The file of backup {backup.pk} ({backup.file_name}) is no longer on node "
+                             f"{task.node.name}; nothing was restored.")
+        if eng.exists(ve.ctid):
+            raise TaskFailed(f"Node {task.node.name} already has a VE {ve.ctid} that the panel does not list (made "
+                             "outside it?); nothing was restored: choose another CTID.")
+    except TaskFailed:
+        mark_destroyed(ve)  # give the quota back; the engine's VE of that id, if any, is not ours
+        raise
+    made = False
+    try:
+        info = eng.restore(backup.path, ve.ctid, progress=lambda p, m: progress(p * 7 // 10, m))
+        made = True
+        Backup.objects.filter(pk=backup.pk).update(verified_at=timezone.now())  # a restore checks every checksum
+        hostname = params.get("hostname") or f"ve{ve.ctid}"
+        if ve.ctid != backup.ctid:
+            progress(72, f"Giving VE {ve.ctid} its own identity: host name {hostname}, machine-id, SSH host keys")
+            eng.new_identity(ve.ctid, hostname)
+        info = eng.set(ve.ctid, hostname=hostname, save=True)
+        info = give_addresses(eng, ve.ctid, info, params.get("addresses") or {}, progress)
+        if ve.limits:  # the owner's plan, not the archive's config of its day
+            progress(90, "Setting the limits of the owner's plan")
+            try:
+                info = eng.set(ve.ctid, save=True, **engine_limits(ve.limits))
+            except VZError as exc:
+                raise TaskFailed(f"The restored VE does not fit its owner's plan ({exc.message}); it was removed "
+                                 "again.") from None
+    except BaseException:
+        if made:
+            try:
+                eng.destroy(ve.ctid)
+            except Exception:
+                log.exception("could not remove the half-restored VE %s", ve.ctid)
+        mark_destroyed(ve)
+        raise
+    save_info(ve, info)
+    progress(95, f"VE {ve.ctid} restored from backup {backup.pk} of VE {backup.ctid}"
+                 + (f", addresses {' '.join(info.ip_addresses)}" if info.ip_addresses else ", no addresses"))
+    if params.get("start"):
+        info = eng.start(ve.ctid, progress=progress)  # a failed start leaves it stopped (after_failure re-reads)
+        save_info(ve, info)
+    return {"backup": backup.pk, "source": backup.ctid, **info.to_dict()}
+
+
+def give_addresses(eng, ctid: int, info, counts: dict, progress):
+    """Give a restored VE its addresses: the ones it came back with if they are still free (claimed again through
+    the engine's checks: other VEs, the host's routes), else, and for the rest, new ones from the pool: as many
+    IPv4 and IPv6 addresses as counts says the source had."""
+    from vzengine import VZError
+
+    kept = list(info.ip_addresses or [])
+    if kept:  # restored under its own id: addresses and port forwards came back with the config
+        forwards = eng.config(ctid).get_list("PORTFWD")
+        try:
+            info = eng.set(ctid, save=True, ipdel=["all"], ipadd=kept, portfwd_del=["all"], portfwd=forwards)
+        except VZError as exc:
+            progress(None, f"Its old addresses cannot be taken back ({exc.message}): it gets new ones from the pool "
+                           "(and no port forwards)")
+            info = eng.set(ctid, save=True, ipdel=["all"], portfwd_del=["all"])
+            kept = []
+    have = {"4": sum(":" not in a for a in kept), "6": sum(":" in a for a in kept)}
+    add = (["auto"] * max(0, int(counts.get("4") or 0) - have["4"])
+           + ["auto6"] * max(0, int(counts.get("6") or 0) - have["6"]))
+    if add:
+        progress(85, f"Taking {len(add)} address(es) from the pool")
+        try:
+            info = eng.set(ctid, save=True, ipadd=add)
+        except VZError as exc:
+            raise TaskFailed(f"The restored VE could not get addresses: {exc.message}; it was removed again.") from None
+    return info
+
+
 def do_backup_delete(task, progress, eng):
     backup = Backup.objects.kept().filter(pk=task.params.get("backup"), ve=task.ve).first()
     if backup is None:
@@ -306,6 +409,7 @@ HANDLERS = {
     Task.Action.SNAPSHOT_DELETE: do_snapshot_delete,
     Task.Action.BACKUP: do_backup,
     Task.Action.RESTORE: do_restore,
+    Task.Action.RESTORE_NEW: do_restore_new,
     Task.Action.BACKUP_DELETE: do_backup_delete,
 }
 
@@ -345,7 +449,7 @@ def after_failure(task: Task) -> None:
             if task.action in SNAPSHOT_TASKS:  # e.g. a snapshot deleted outside the panel: show what is there
                 sync_snapshots(ve, eng)
         except NotFound:
-            if task.action == Task.Action.CREATE:
+            if task.action in (Task.Action.CREATE, Task.Action.RESTORE_NEW):
                 mark_destroyed(ve)  # never built: give the quota back
             else:
                 ve.status = VE.Status.MISSING

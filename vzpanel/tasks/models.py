@@ -44,6 +44,7 @@ class Task(models.Model):
         SNAPSHOT_DELETE = "snapshot_delete", "delete snapshot"
         BACKUP = "backup", "back up"
         RESTORE = "restore", "restore backup"
+        RESTORE_NEW = "restore_new", "restore backup as a new VE"
         BACKUP_DELETE = "backup_delete", "delete backup"
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)

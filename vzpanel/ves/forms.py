@@ -175,6 +175,43 @@ class SnapshotForm(ServiceCheckedForm):
         return self.check("description", services.clean_description)
 
 
+class RestoreNewForm(ServiceCheckedForm):
+    """Restore a backup as a new VE. Admins choose owner, CTID and whether the owner's plan may be exceeded."""
+
+    owner = forms.CharField(required=False, max_length=150, label="Owner",
+                            help_text="User name; default: the VE's (former) owner.")
+    ctid = forms.CharField(required=False, max_length=20, label="New CTID", help_text="Default: the next free one.")
+    hostname = forms.CharField(required=False, max_length=253, label="Host name",
+                               help_text="Optional; default ve<CTID> (a destroyed VE brought back under its own "
+                                         "CTID keeps its own).")
+    start = forms.BooleanField(required=False, initial=True, label="Start it when restored")
+    beyond_plan = forms.BooleanField(required=False, label="Even beyond the owner's plan",
+                                     help_text="Restore it although the owner's plan allows no more VEs.")
+
+    ADMIN_FIELDS = ("owner", "ctid", "beyond_plan")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not user.is_panel_admin:
+            for name in self.ADMIN_FIELDS:
+                del self.fields[name]
+
+    def clean_owner(self):
+        name = (self.cleaned_data.get("owner") or "").strip()
+        if not name:
+            return None
+        user = get_user_model().objects.filter(username=name).select_related("plan").first()
+        if user is None:
+            raise forms.ValidationError(f"There is no user named {name!r}.")
+        return user
+
+    def clean_ctid(self):
+        return self.check("ctid", services.clean_new_ctid) or None
+
+    def clean_hostname(self):
+        return self.check("hostname", services.clean_hostname)
+
+
 class ConfirmForm(forms.Form):
     """A rollback or restore: the box must be ticked."""
 

@@ -19,8 +19,10 @@ urlpatterns = [
     path("<int:ctid>/backups/new/", views.ve_backup_now, name="backup-now"),
     path("<int:ctid>/backups/<str:backup_id>/restore/", views.ve_backup_restore, name="backup-restore"),
     path("<int:ctid>/backups/<str:backup_id>/delete/", views.ve_backup_delete, name="backup-delete"),
+    path("<int:ctid>/backups/<str:backup_id>/restore-new/", views.ve_backup_restore_new, name="backup-restore-new"),
     path("backups/", views.kept_backups, name="kept-backups"),
     path("backups/<int:backup_id>/delete/", views.kept_backup_delete, name="kept-backup-delete"),
+    path("backups/<int:backup_id>/restore-new/", views.kept_backup_restore_new, name="kept-backup-restore-new"),
     path(
         "<int:ctid>/<str:action>/",
         views.ve_action,

@@ -1,7 +1,7 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -21,6 +21,7 @@ from .forms import (
     HostnameForm,
     PasswordForm,
     ReinstallForm,
+    RestoreNewForm,
     SnapshotForm,
     VECreateForm,
     VEFilterForm,
@@ -276,11 +277,16 @@ def usage_summary(ve) -> list[dict]:
 # --- snapshots and backups ---------------------------------------------------------------------------
 
 
-def storage_context(ve, kind: str) -> dict:
+def storage_context(ve, kind: str, user=None) -> dict:
     plan = services.plan_of(ve)
     active = ve.tasks.filter(status__in=Task.ACTIVE).first()
     context = {"ve": ve, "plan": plan, "active_task": active, "kind": kind,
                "allowed": {a: ve.status in s for a, s in services.ALLOWED_FROM.items()}}
+    if kind == "backups" and user is not None:
+        # restoring a backup as a new VE: admins, and the VE's owner (a VE of their own, within their plan)
+        context["can_restore_new"] = user.is_panel_admin or ve.owner_id == user.pk
+        context["is_admin"] = user.is_panel_admin
+        context["next_ctid"] = services.next_ctid()
     if kind == "snapshots":
         context["snapshots"] = list(ve.snapshots.all())
         context["limit"] = plan.max_snapshots if plan else None
@@ -288,12 +294,15 @@ def storage_context(ve, kind: str) -> dict:
     else:
         context["backups"] = list(ve.backups.kept())
         context["limit"] = plan.max_backups if plan else None
-        context["tasks"] = ve.tasks.filter(action__in=services.BACKUP_ACTIONS).select_related("user")[:5]
+        context["tasks"] = (Task.objects.filter(Q(ve=ve, action__in=services.BACKUP_ACTIONS)
+                                                | Q(action=services.RESTORE_NEW, params__source=ve.ctid,
+                                                    ve__in=visible_ves(user) if user is not None else []))
+                            .select_related("user", "ve")[:5])
     return context
 
 
 def storage_page(request, ve, kind: str, status=200, **forms):
-    context = storage_context(ve, kind)
+    context = storage_context(ve, kind, request.user)
     context["snapshot_form"] = forms.get("snapshot_form") or SnapshotForm()
     template = f"ves/_{kind}.html" if is_htmx(request) else f"ves/ve_{kind}.html"
     return render(request, template, context, status=status)
@@ -380,12 +389,52 @@ def ve_backup_delete(request, ctid, backup_id):
     return queue_storage_action(request, ve, Task.Action.BACKUP_DELETE, "ves:backups", backup=backup_id)
 
 
+@login_required
+@require_POST
+def ve_backup_restore_new(request, ctid, backup_id):
+    """Restore one of the VE's backups as a new VE: admins for anyone, the VE's owner for themselves."""
+    ve = get_ve_or_404(request.user, ctid)
+    try:
+        backup = services.find_backup(request.user, ve, backup_id)
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("ves:backups", ve.ctid)
+    return restore_new(request, backup, reverse("ves:backups", args=[ve.ctid]))
+
+
+@admin_required
+@require_POST
+def kept_backup_restore_new(request, backup_id):
+    """Admins: restore a backup (a destroyed VE's kept one, say) as a new VE."""
+    backup = visible_backups(request.user).select_related("ve", "ve__owner").filter(pk=backup_id).first()
+    if backup is None:
+        raise Http404("No such backup.")
+    return restore_new(request, backup, reverse("ves:kept-backups"))
+
+
+def restore_new(request, backup, back: str):
+    form = RestoreNewForm(request.POST, user=request.user)
+    if not form.is_valid():
+        for name, errors in form.errors.items():
+            label = form.fields[name].label if name in form.fields else ""
+            messages.error(request, (f"{label}: " if label else "") + " ".join(errors) + " Nothing was restored.")
+        return redirect(back)
+    try:
+        task = services.restore_as_new(request.user, backup, request=request, **form.cleaned_data)
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect(back)
+    messages.success(request, f"Backup {backup.pk} of VE {backup.ctid} is being restored as new VE {task.ve.ctid} "
+                              f"(task {task.pk}).")
+    return redirect("tasks:detail", task.pk)
+
+
 @admin_required
 def kept_backups(request):
-    """Admins: the backups destroyed VEs left behind (nobody else can reach them), to delete."""
+    """Admins: the backups destroyed VEs left behind (nobody else can reach them), to restore as a new VE or delete."""
     backups = (visible_backups(request.user).kept().filter(ve__status="destroyed")
                .select_related("ve", "ve__owner", "node"))
-    return render(request, "ves/kept_backups.html", {"backups": backups})
+    return render(request, "ves/kept_backups.html", {"backups": backups, "next_ctid": services.next_ctid()})
 
 
 @admin_required
