@@ -165,7 +165,8 @@ def _detach_links(eng: Engine, ctid: int, st: _Detached) -> None:
     socket whose address or route is gone. So each veth is parked in the host's namespace
     (its addresses and routes noted, to put it back as it was if the dump fails) while its
     addresses stay on lo and a default route points at lo. After a restore the network
-    feature makes the links anew (``after_start``) and the stand-ins are taken away.
+    feature makes the links anew (``after_start``) and the stand-ins are taken away; bridged
+    interfaces (NETIF), whose addresses the VE set itself, get them back from the marker.
     """
     pid = eng.lxc.init_pid(ctid)
     if pid is None:
@@ -237,6 +238,25 @@ def _drop_stand_ins(eng: Engine, ctid: int, addrs: list[str], routes: bool = Tru
     if addresses:
         for addr in addrs:
             _ns_ip(pid, ["addr", "del", addr, "dev", "lo"], check=False)
+
+
+def _bridged(conf: VEConfig, st: _Detached) -> list[dict]:
+    """The addresses and routes the VE had on its bridged interfaces (NETIF): the network feature
+    makes those interfaces anew on resume, with their MACs, but the VE configured them itself."""
+    names = {item.partition("ifname=")[2].partition(",")[0] for item in conf.get("NETIF").split(";")}
+    return [{"name": p.name, "addrs": p.addrs, "routes": p.routes} for p in st.parked if p.name in names - {""}]
+
+
+def _readdress(eng: Engine, ctid: int, links: list[dict]) -> None:
+    """Give the VE's new bridged interfaces the addresses and routes it had before the suspend."""
+    pid = eng.lxc.init_pid(ctid) if links else None
+    if pid is None:
+        return
+    for link in links:
+        for addr in link.get("addrs", []):
+            _ns_ip(pid, ["addr", "add", addr, "dev", link["name"], *(["nodad"] if ":" in addr else [])], check=False)
+        for route in link.get("routes", []):
+            _ns_ip(pid, [route[0], "route", "add", *route[1:], "dev", link["name"]], check=False)
 
 
 def _mountinfo(path: str) -> list[tuple[str, str, str]]:
@@ -403,7 +423,8 @@ def suspend(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
         size = _du(d)
         info = {"suspended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ostemplate": conf.ostemplate,
                 "criu": criu.version_string(), "bytes": size, "dump_seconds": round(seconds, 3),
-                "lo_addresses": detached.stand_ins, "external_mounts": external}
+                "lo_addresses": detached.stand_ins, "external_mounts": external,
+                "links": _bridged(conf, detached)}
         tmp = d / f".{MARKER}.tmp"
         tmp.write_text(json.dumps(info, indent=1))
         os.replace(tmp, d / MARKER)
@@ -453,6 +474,7 @@ def resume(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
             _drop_stand_ins(eng, ctid, moved, addresses=False)
             for feature in eng.features:
                 feature.after_start(conf)
+            _readdress(eng, ctid, saved.get("links", []))
             _drop_stand_ins(eng, ctid, moved, routes=False)
         except BaseException:
             with contextlib.suppress(VZError):

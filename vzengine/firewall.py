@@ -11,7 +11,8 @@ Root chains (created once per host boot, removed by ``purge``), with T the root'
     nat    VZ-T-POST  from POSTROUTING: NAT for the private part of the pool, hairpin NAT for
                       port forwards used by VEs, and NAT for host connections to 127.0.0.1:port
 
-Per VE: nat chain VZ-T-<ctid> with its DNAT rules, jumped to from VZ-T-PF.
+Per VE: nat chain VZ-T-<ctid> with its DNAT rules, jumped to from VZ-T-PF (in iptables to the
+VE's first IPv4 address, and in ip6tables to its first IPv6 address when it has one).
 
 Changes go through ``iptables-restore --noflush``: declaring ``:CHAIN`` flushes and refills just
 that chain in one transaction, so no rule of anyone else is touched.
@@ -146,14 +147,17 @@ class Firewall:
         self.restore(family, "\n".join(script) + "\n")
 
     # --- port forwards --------------------------------------------------------------------
-    def set_port_forwards(self, ctid: int, dest: ipaddress.IPv4Address | None,
-                          forwards: list[PortForward]) -> bool:
-        """Make VE ``ctid``'s DNAT rules exactly ``forwards`` to ``dest`` (none: remove them).
+    def set_port_forwards(self, ctid: int, dest: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+                          forwards: list[PortForward], family: int = 4) -> bool:
+        """Make VE ``ctid``'s DNAT rules of one address family exactly ``forwards`` to ``dest``
+        (none: remove them).
 
         False when the root's chains are missing (flushed by someone): make them, then retry.
         """
+        if family == 6 and (not have_ipv6() or which("ip6tables-save") is None):
+            return True  # no IPv6 on this host: no rules, nothing to remove
         name, pf = self.chain(ctid), self.chain("PF")
-        nat = self._tables(self.save(4, "nat")).get("nat", [])
+        nat = self._tables(self.save(family, "nat")).get("nat", [])
         has_chain = any(ln.startswith(f":{name} ") for ln in nat)
         jump = f"-A {pf} -j {name}"
         if forwards and dest is not None and not any(ln.startswith(f":{pf} ") for ln in nat):
@@ -167,19 +171,23 @@ class Firewall:
             script += [f"-F {name}", f"-X {name}", "COMMIT"]
         else:
             script = ["*nat", f":{name} - [0:0]"]
+            to = f"[{dest}]" if family == 6 else str(dest)
             for f in forwards:
                 script.append(f"-A {name} -p {f.proto} -m {f.proto} --dport {f.host_port} "
-                              f"-j DNAT --to-destination {dest}:{f.ve_port}")
+                              f"-j DNAT --to-destination {to}:{f.ve_port}")
             if jump not in nat:
                 script.append(jump)
             script.append("COMMIT")
-        self.restore(4, "\n".join(script) + "\n")
+        self.restore(family, "\n".join(script) + "\n")
         return True
 
     def foreign_forwards(self) -> set[tuple[str, int]]:
         """(proto, port) of DNAT rules on this host that are not this root's (other roots, Docker)."""
         out = set()
-        for line in self._tables(self.save(4, "nat")).get("nat", []):
+        lines = self._tables(self.save(4, "nat")).get("nat", [])
+        if have_ipv6() and which("ip6tables-save") is not None:
+            lines += self._tables(self.save(6, "nat")).get("nat", [])
+        for line in lines:
             if "DNAT" not in line or not line.startswith("-A ") or line.split()[1].startswith(self.prefix):
                 continue
             proto = re.search(r"-p (tcp|udp)\b", line)

@@ -127,7 +127,8 @@ def _family(addr: Address | Network | Interface) -> int:
 
 
 class Netlink:
-    """Route netlink in one network namespace: links, addresses, routes, proxy neighbours."""
+    """Route netlink in one network namespace: links (veths, bridged veths), addresses, routes,
+    proxy neighbours."""
 
     def __init__(self, sock: socket.socket | None = None):
         self._local = sock is None  # the caller's own namespace: if_nametoindex works there
@@ -213,6 +214,13 @@ class Netlink:
         if peer_index is not None:
             spec["index"] = peer_index
         _wrap(self._ipr.link, "add", ifname=name, kind="veth", state="up", peer=spec)
+
+    def add_bridged_veth(self, name: str, mac: str, bridge: Dev, peer: str, peer_mac: str,
+                         peer_netns_fd: int) -> None:
+        """Create a veth pair for a bridged VE interface: ``name`` here (MAC ``mac``, up, a port
+        of ``bridge``), ``peer`` (MAC ``peer_mac``, down) directly inside another namespace."""
+        _wrap(self._ipr.link, "add", ifname=name, kind="veth", address=mac, master=self.index(bridge), state="up",
+              peer={"ifname": peer, "net_ns_fd": peer_netns_fd, "address": peer_mac})
 
     def delete_link(self, dev: Dev) -> bool:
         """Delete an interface (a veth takes its peer with it); False if it was not there."""
@@ -341,3 +349,4 @@ class Netlink:
                 return False
             raise
         return True
+

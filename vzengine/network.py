@@ -18,7 +18,24 @@ and proxy_ndp on for IPv6 on that interface).
 Settings in the root's vz.conf (or $VZ_<NAME>): IP_POOL (IPv4 networks VE addresses come from,
 separated by spaces), IP6_POOL, HOST_IP and HOST_IP6 (the host's address on every VE's link;
 default the first address of the first pool), NAT (masquerade the private part of the pools
-when they leave the host). Per VE (its conf): IP_ADDRESS and PORTFWD ("tcp:2201:22 ...").
+when they leave the host). Per VE (its conf): IP_ADDRESS, PORTFWD ("tcp:2201:22 ...") and NETIF.
+
+Port forwards go from the host's addresses to the VE's first IPv4 address (iptables), and the
+same ports of the host's IPv6 addresses to its first IPv6 address when it has one (ip6tables;
+there is no IPv6 counterpart of route_localnet, so [::1]:port is not forwarded).
+
+Bridged mode (``--netif_add eth1,,,,br0``, OpenVZ's veth devices), for layer 2: a second veth
+pair per interface, ``eth1`` (any name but eth0 and lo) inside with a MAC generated when it is
+added (02:..., locally administered; kept in NETIF, so DHCP and ARP see the same VE at every
+start), and ``vz<tag><letter><ctid in base 36>`` on the host (MAC fe:..., so it never becomes the
+bridge's own MAC), a port of an existing bridge. The engine brings eth1 up without addresses:
+the VE configures it itself (``ip addr add``, DHCP), and the engine neither routes nor filters
+it, so a bridged interface has no anti-spoofing: the VE can use any address or MAC on the LAN.
+Up to MAX_NETIFS per VE; created at start (after eth0), after a reboot inside the VE (the same
+hook) and live by ``vzctl set``; gone with the VE's namespace, and deleted by the engine on
+stop, destroy and purge (their names start with the root's prefix). A clone or a restore under
+another id gets no NETIF (like IP_ADDRESS): give it ``--netif_add`` for interfaces of its own.
+Its traffic is not counted in the totals below.
 
 Addresses are applied after start (by the engine, in ``after_start``) and after a reboot inside
 the VE: LXC then restarts the VE in a new network namespace without asking the engine, so the
@@ -57,6 +74,8 @@ import importlib
 import ipaddress
 import itertools
 import os
+import re
+import secrets
 import shutil
 import socket
 import sys
@@ -148,6 +167,88 @@ def _iface(addr: Address) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
 
 def _host_net(addr: Address) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(f"{addr}/{addr.max_prefixlen}")
+
+
+# --- bridged interfaces (--netif_add) ----------------------------------------------------------
+
+MAX_NETIFS = 8
+NETIF_SLOTS = "ghijuvwy"  # the letter after the tag in a bridged host-side name (see netif_host_name)
+_IFNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")
+_MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
+
+
+@dataclass(frozen=True)
+class NetIf:
+    """A bridged VE interface (NETIF in the VE's conf, OpenVZ's veth devices): ``ifname`` with
+    MAC ``mac`` inside the VE, its peer ``host_ifname`` (MAC ``host_mac``) a port of ``bridge``."""
+
+    ifname: str
+    mac: str
+    host_ifname: str
+    host_mac: str
+    bridge: str
+
+    def __str__(self) -> str:
+        return (f"ifname={self.ifname},mac={self.mac},host_ifname={self.host_ifname},host_mac={self.host_mac},"
+                f"bridge={self.bridge}")
+
+    @classmethod
+    def parse(cls, item: str) -> NetIf | None:
+        """One entry of NETIF (``ifname=eth1,mac=...,host_ifname=...,host_mac=...,bridge=br0``)."""
+        kv = dict(part.partition("=")[::2] for part in item.strip().split(",") if "=" in part)
+        try:
+            return cls(kv["ifname"], kv["mac"], kv["host_ifname"], kv["host_mac"], kv["bridge"])
+        except KeyError:
+            return None
+
+    def to_dict(self) -> dict:
+        return {"ifname": self.ifname, "mac": self.mac, "host_ifname": self.host_ifname,
+                "host_mac": self.host_mac, "bridge": self.bridge}
+
+
+def parse_ifname(value: str, what: str) -> str:
+    name = str(value).strip()
+    if not _IFNAME.match(name):
+        raise InvalidInput(f"invalid {what} {value!r}: a letter, then letters, digits, '.', '-' or '_' "
+                           "(15 characters at most)")
+    return name
+
+
+def parse_mac(value: str, what: str = "MAC address") -> str:
+    """A unicast MAC address, as aa:bb:cc:dd:ee:ff."""
+    s = str(value).strip().lower()
+    if not _MAC.match(s):
+        raise InvalidInput(f"invalid {what} {value!r}: use six hex bytes, e.g. 02:00:0a:00:00:01")
+    mac = s.replace("-", ":")
+    if int(mac[:2], 16) & 1:
+        raise InvalidInput(f"invalid {what} {value!r}: a multicast address (the first byte is odd)")
+    if mac == "00:00:00:00:00:00":
+        raise InvalidInput(f"invalid {what} {value!r}: all zeros")
+    return mac
+
+
+def random_mac(first: int, avoid: set[str]) -> str:
+    """A random MAC whose first byte is ``first`` (0x02 or 0xfe: locally administered, unicast)."""
+    while True:
+        mac = ":".join(f"{b:02x}" for b in (first, *secrets.token_bytes(5)))
+        if mac not in avoid:
+            return mac
+
+
+def netif_host_name(tag: str, ctid: int, slot: int) -> str:
+    """The host side of a VE's bridged interface: vz<tag><slot letter><ctid in base 36>.
+
+    At most 15 characters, and never one of the routed veth's names (digits or 'x' after the
+    tag) nor of the names checkpoint.py parks links under ('k' to 't')."""
+    digits, n = "", ctid
+    while n:
+        n, r = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+    return f"vz{tag}{NETIF_SLOTS[slot]}{digits or '0'}"
+
+
+def is_bridge(name: str) -> bool:
+    return Path("/sys/class/net", name, "bridge").is_dir()
 
 
 @dataclass(frozen=True)
@@ -327,7 +428,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 class NetworkFeature(Feature):
     name = "network"
-    params = ("ipadd", "ipdel", "portfwd", "portfwd_del")
+    params = ("ipadd", "ipdel", "portfwd", "portfwd_del", "netif_add", "netif_del", "bridge")
 
     # --- names and settings ---------------------------------------------------------------
     @property
@@ -396,6 +497,19 @@ class NetworkFeature(Feature):
                 out.append(parse_forward(f))
         return out
 
+    @staticmethod
+    def netifs(conf: VEConfig) -> list[NetIf]:
+        out = []
+        for item in conf.get("NETIF").split(";"):
+            n = NetIf.parse(item) if item.strip() else None
+            if n is not None:
+                out.append(n)
+        return out
+
+    @staticmethod
+    def _set_netifs(conf: VEConfig, netifs: list[NetIf]) -> None:
+        conf.set("NETIF", ";".join(map(str, netifs)))
+
     def _other_confs(self, ctid: int) -> Iterator[tuple[int, dict[str, str]]]:
         confdir = self.layout.confdir
         if not confdir.is_dir():
@@ -449,6 +563,88 @@ class NetworkFeature(Feature):
 
     # --- Feature: check and apply ---------------------------------------------------------
     def check(self, conf: VEConfig, params: dict, creating: bool) -> dict:
+        return {**self._check_routed(conf, params, creating), **self._check_netifs(conf, params, creating)}
+
+    def _check_netifs(self, conf: VEConfig, params: dict, creating: bool) -> dict:
+        """--netif_add NAME[,MAC,HOST_IFNAME,HOST_MAC,BRIDGE] (--bridge BRIDGE for those without
+        one) and --netif_del NAME|all: bridged interfaces, OpenVZ's veth devices."""
+        specs = [str(x) for x in params.get("netif_add") or []]
+        names_del = [str(x) for x in params.get("netif_del") or []]
+        bridge_opt = params.get("bridge")
+        if not (specs or names_del or bridge_opt):
+            return {}
+        if bridge_opt and not specs:
+            raise InvalidInput("--bridge names the bridge of the interfaces --netif_add adds: give --netif_add too")
+        if creating and names_del:
+            raise InvalidInput("--netif_del changes an existing VE; a new one has nothing to remove")
+        ctid = conf.ctid
+        current = self.netifs(conf)
+        if any(x.strip().lower() == "all" for x in names_del):
+            drop = [n.ifname for n in current]
+        else:
+            drop = []
+            for x in names_del:
+                name = parse_ifname(x, "interface name")
+                if name not in (n.ifname for n in current):
+                    raise InvalidInput(f"VE {ctid} has no bridged interface {name}")
+                if name not in drop:
+                    drop.append(name)
+        kept = [n for n in current if n.ifname not in drop]
+        if len(kept) + len(specs) > MAX_NETIFS:
+            raise InvalidInput(f"a VE can have {MAX_NETIFS} bridged interfaces at most")
+        others: dict[str, int] = {}  # MACs of this root's other VEs
+        for other, values in self._other_confs(ctid):
+            for item in values.get("NETIF", "").split(";"):
+                n = NetIf.parse(item) if item.strip() else None
+                if n is not None:
+                    others[n.mac] = others[n.host_mac] = other
+        macs = {m for n in kept for m in (n.mac, n.host_mac)}
+        slots = {n.host_ifname for n in kept}
+        add: list[NetIf] = []
+        for spec in specs:
+            fields = spec.split(",")
+            if len(fields) > 5:
+                raise InvalidInput(f"invalid interface {spec!r}: use NAME[,MAC,HOST_IFNAME,HOST_MAC,BRIDGE]")
+            fields += [""] * (5 - len(fields))
+            name = parse_ifname(fields[0], "interface name")
+            if name == VE_IFNAME:
+                raise InvalidInput(f"{VE_IFNAME} is the VE's routed interface (--ipadd): give the bridged one "
+                                   "another name, e.g. eth1")
+            if name == "lo":
+                raise InvalidInput("lo is the VE's loopback interface: give the bridged one another name, e.g. eth1")
+            if name in (n.ifname for n in kept + add):
+                raise InvalidInput(f"VE {ctid} already has an interface {name}" if name in (n.ifname for n in kept)
+                                   else f"interface {name} is given twice")
+            if fields[2].strip():
+                raise InvalidInput(f"invalid interface {spec!r}: the engine names the host side itself "
+                                   f"(vz{self.layout.tag}...), so leave HOST_IFNAME empty, e.g. {name},,,,br0")
+            bridge = fields[4].strip() or (str(bridge_opt).strip() if bridge_opt else "")
+            if not bridge:
+                raise InvalidInput(f"interface {name} needs a bridge: --netif_add {name},,,,BRIDGE or --bridge BRIDGE")
+            bridge = parse_ifname(bridge, "bridge name")
+            if not Path("/sys/class/net", bridge).exists():
+                raise InvalidInput(f"bridge {bridge} does not exist on this host")
+            if not is_bridge(bridge):
+                raise InvalidInput(f"{bridge} is not a bridge (a network interface of another kind)")
+            pair = []
+            for value, first, what in ((fields[1], 0x02, "MAC address"), (fields[3], 0xFE, "host MAC address")):
+                if value.strip():
+                    mac = parse_mac(value, what)
+                    if mac in others:
+                        raise InvalidInput(f"MAC address {mac} is in use by VE {others[mac]}")
+                    if mac in macs:
+                        raise InvalidInput(f"MAC address {mac} is given twice (or is in use by this VE)")
+                else:
+                    mac = random_mac(first, macs | set(others))
+                macs.add(mac)
+                pair.append(mac)
+            slot = next(i for i in range(MAX_NETIFS) if netif_host_name(self.layout.tag, ctid, i) not in slots)
+            host_name = netif_host_name(self.layout.tag, ctid, slot)
+            slots.add(host_name)
+            add.append(NetIf(name, pair[0], host_name, pair[1], bridge))
+        return {"netif_drop": drop, "netif_add": add}
+
+    def _check_routed(self, conf: VEConfig, params: dict, creating: bool) -> dict:
         ipadd = [str(x) for x in params.get("ipadd") or []]
         ipdel = [str(x) for x in params.get("ipdel") or []]
         pfadd = [str(x) for x in params.get("portfwd") or []]
@@ -540,37 +736,107 @@ class NetworkFeature(Feature):
     def apply(self, conf: VEConfig, params: dict, running: bool, rb: Rollback) -> None:
         if not params:
             return
-        ctid = conf.ctid
-        s = self.settings()
         with self._netlock():
-            old = self.addresses(conf)
-            old_pf = self.forwards(conf)
-            used = self._used_addresses(ctid)  # again, under the lock: another VE may have won
-            for a in params["add"]:
-                if a in used:
-                    raise InvalidInput(f"address {a} is in use by VE {used[a]}")
-            new = [a for a in old if a not in params["drop"]] + params["add"]
-            for version, n in params["auto"].items():
-                if n:
-                    new += self._pick(s, version, set(used) | set(new), n, ctid)
-            for a in new:
-                if a not in old:
-                    self._claim(a, ctid, rb)
-            pf = [f for f in old_pf if f not in params["pf_drop"]] + params["pf_add"]
-            conf.set_list("IP_ADDRESS", [str(a) for a in new])
-            conf.set_list("PORTFWD", [str(f) for f in pf])
-            if not running:
-                return
+            if "add" in params:
+                self._apply_routed(conf, params, running, rb)
+            if "netif_add" in params:
+                self._apply_netifs(conf, params, running, rb)
+
+    def _apply_netifs(self, conf: VEConfig, params: dict, running: bool, rb: Rollback) -> None:
+        """Store the VE's bridged interfaces; on a running VE, add and remove them live."""
+        ctid = conf.ctid
+        old = self.netifs(conf)
+        dropped = [n for n in old if n.ifname in params["netif_drop"]]
+        added: list[NetIf] = params["netif_add"]
+        self._set_netifs(conf, [n for n in old if n not in dropped] + added)
+        if not running or not (dropped or added):
+            return
+        nsfd = self._open_netns(ctid)
+        if nsfd is None:
+            return  # it stopped meanwhile: the next start applies the config
+        try:
+            self._remove_netifs(dropped)
+            rb.add(f"give VE {ctid} back its bridged interfaces", lambda: self._undo_netifs(ctid, dropped))
+            rb.add(f"remove VE {ctid}'s new bridged interfaces", lambda: self._remove_netifs(added))
+            self._add_netifs(ctid, added, nsfd)
+        finally:
+            os.close(nsfd)
+
+    def _undo_netifs(self, ctid: int, netifs: list[NetIf]) -> None:
+        with self._netlock():
             nsfd = self._open_netns(ctid)
             if nsfd is None:
-                return  # it stopped meanwhile: the next start applies the config
-            added = [a for a in new if a not in old]
-            rb.add(f"restore the network of VE {ctid}", lambda: self._undo_live(ctid, old, old_pf, added))
+                return
             try:
-                self._sync(ctid, new, pf, nsfd, drop=[a for a in old if a not in new], added=added,
-                           pf_changed=pf != old_pf or _first4(new) != _first4(old))
+                self._add_netifs(ctid, netifs, nsfd)
             finally:
                 os.close(nsfd)
+
+    def _add_netifs(self, ctid: int, netifs: list[NetIf], nsfd: int) -> None:
+        """Create bridged interfaces in the VE's namespace ``nsfd``, up, without addresses (the
+        VE configures those itself). A host side left from a namespace that is gone is replaced."""
+        if not netifs:
+            return
+        from .netlink import Netlink, NetlinkError
+
+        with Netlink() as host, Netlink.of_netns(nsfd) as ve:
+            for n in netifs:
+                if not is_bridge(n.bridge):
+                    raise InvalidInput(f"bridge {n.bridge} of VE {ctid}'s interface {n.ifname} does not exist "
+                                       "on this host")
+                host.delete_link(n.host_ifname)
+                try:
+                    host.add_bridged_veth(n.host_ifname, n.host_mac, n.bridge, n.ifname, n.mac, nsfd)
+                except NetlinkError as e:
+                    if e.errno == errno.EEXIST and ve.link(n.ifname) is not None:
+                        raise InvalidInput(f"VE {ctid} already has an interface {n.ifname} of its own: remove "
+                                           "it inside the VE or give the bridged one another name") from None
+                    raise
+                ve.set_up(n.ifname)
+
+    @staticmethod
+    def _remove_netifs(netifs: list[NetIf]) -> None:
+        """Delete bridged interfaces (the host side takes the VE's side with it)."""
+        ours = [n.host_ifname for n in netifs if Path("/sys/class/net", n.host_ifname).exists()]
+        if not ours:
+            return
+        from .netlink import Netlink
+
+        with Netlink() as host:
+            for name in ours:
+                host.delete_link(name)
+
+    def _apply_routed(self, conf: VEConfig, params: dict, running: bool, rb: Rollback) -> None:
+        ctid = conf.ctid
+        s = self.settings()
+        old = self.addresses(conf)
+        old_pf = self.forwards(conf)
+        used = self._used_addresses(ctid)  # again, under the lock: another VE may have won
+        for a in params["add"]:
+            if a in used:
+                raise InvalidInput(f"address {a} is in use by VE {used[a]}")
+        new = [a for a in old if a not in params["drop"]] + params["add"]
+        for version, n in params["auto"].items():
+            if n:
+                new += self._pick(s, version, set(used) | set(new), n, ctid)
+        for a in new:
+            if a not in old:
+                self._claim(a, ctid, rb)
+        pf = [f for f in old_pf if f not in params["pf_drop"]] + params["pf_add"]
+        conf.set_list("IP_ADDRESS", [str(a) for a in new])
+        conf.set_list("PORTFWD", [str(f) for f in pf])
+        if not running:
+            return
+        nsfd = self._open_netns(ctid)
+        if nsfd is None:
+            return  # it stopped meanwhile: the next start applies the config
+        added = [a for a in new if a not in old]
+        rb.add(f"restore the network of VE {ctid}", lambda: self._undo_live(ctid, old, old_pf, added))
+        try:
+            self._sync(ctid, new, pf, nsfd, drop=[a for a in old if a not in new], added=added,
+                       pf_changed=pf != old_pf or _first4(new) != _first4(old) or _first6(new) != _first6(old))
+        finally:
+            os.close(nsfd)
 
     def _pick(self, s: NetSettings, version: int, taken: set, count: int, ctid: int) -> list[Address]:
         """The next free addresses of the pool: not taken here, and not in use on the host either
@@ -602,7 +868,7 @@ class NetworkFeature(Feature):
     # --- Feature: life cycle --------------------------------------------------------------
     def lxc_config(self, conf: VEConfig) -> list[str]:
         self._write_hook()
-        if conf.get("IP_ADDRESS") and "vzengine.netlink" not in sys.modules:
+        if (conf.get("IP_ADDRESS") or conf.get("NETIF")) and "vzengine.netlink" not in sys.modules:
             # The engine writes the LXC config just before lxc-start: import pyroute2 (~0.2 s of
             # CPU) meanwhile, so after_start finds it loaded. Not a daemon thread: a process that
             # ends right away (vzctl create) waits for the import instead of cutting it off.
@@ -610,8 +876,8 @@ class NetworkFeature(Feature):
         return [f"lxc.hook.start-host = {self.hook_path}", f"lxc.hook.stop = {self.stop_hook_path}"]
 
     def after_start(self, conf: VEConfig) -> None:
-        addrs, pf = self.addresses(conf), self.forwards(conf)
-        if not addrs and not pf:
+        addrs, pf, netifs = self.addresses(conf), self.forwards(conf), self.netifs(conf)
+        if not addrs and not pf and not netifs:
             return
         from . import checkpoint
 
@@ -620,8 +886,10 @@ class NetworkFeature(Feature):
             if nsfd is None:
                 raise StateError(f"VE {conf.ctid} stopped while its network was being set up")
             try:
-                self._sync(conf.ctid, addrs, pf, nsfd, pf_changed=bool(pf), fresh=True)
-                if checkpoint.is_resuming(self.engine, conf.ctid):
+                if addrs or pf:
+                    self._sync(conf.ctid, addrs, pf, nsfd, pf_changed=bool(pf), fresh=True)
+                self._add_netifs(conf.ctid, netifs, nsfd)
+                if (addrs or pf) and checkpoint.is_resuming(self.engine, conf.ctid):
                     self._hold_netns(conf.ctid, nsfd)
             finally:
                 os.close(nsfd)
@@ -651,8 +919,8 @@ class NetworkFeature(Feature):
     def restore_after_reboot(self, ctid: int, pid: int) -> None:
         """Set a VE's network up again in the namespace LXC made for it (the start-host hook)."""
         conf = self.engine.config(ctid)
-        addrs, pf = self.addresses(conf), self.forwards(conf)
-        if not addrs and not pf:
+        addrs, pf, netifs = self.addresses(conf), self.forwards(conf), self.netifs(conf)
+        if not addrs and not pf and not netifs:
             return
         with self._netlock():
             try:
@@ -662,14 +930,21 @@ class NetworkFeature(Feature):
             try:
                 if os.fstat(nsfd).st_ino == os.stat("/proc/self/ns/net").st_ino:
                     raise StateError(f"pid {pid} is in the host's network namespace, not in a VE's")
-                self._sync(ctid, addrs, pf, nsfd, pf_changed=bool(pf))
+                if addrs or pf:
+                    self._sync(ctid, addrs, pf, nsfd, pf_changed=bool(pf))
+                self._add_netifs(ctid, netifs, nsfd)
             finally:
                 os.close(nsfd)
 
     def after_stop(self, conf: VEConfig) -> None:
-        self._teardown(conf.ctid, self.addresses(conf), bool(self.forwards(conf)))
+        try:
+            self._teardown(conf.ctid, self.addresses(conf), bool(self.forwards(conf)))
+        finally:
+            # Usually gone with the VE's namespace already; not when the engine held it (a resume).
+            self._remove_netifs(self.netifs(conf))
 
     def destroy(self, conf: VEConfig) -> None:
+        self._remove_netifs(self.netifs(conf))
         # Its DNAT chain can only exist once this root's chains were made (the stamp says so).
         self._teardown(conf.ctid, self.addresses(conf), bool(self.forwards(conf)) or self._stamp.exists())
         if self._claims.is_dir():
@@ -710,8 +985,12 @@ class NetworkFeature(Feature):
         pf = self.forwards(conf)
         if pf:
             out["portfwd"] = [str(f) for f in pf]
+        netifs = self.netifs(conf)
+        if netifs:
+            out["netifs"] = [n.to_dict() for n in netifs]
         stats = self.counters(conf.ctid) if running else None
         out.update(zip(COUNTERS, stats or (0, 0, 0, 0), strict=True))
+        out.update(self.usage(conf))  # since the VE was created: net_in_bytes ... net_out_packets
         if stats is not None:
             out["netif"] = self.ifname(conf.ctid)
         return out
@@ -934,11 +1213,14 @@ class NetworkFeature(Feature):
                 elif not mine and has_default:
                     ve.del_route(default, eth0)
         if pf_changed or forwards:
-            dest, rules = (v4[0] if v4 else None), (forwards if v4 else [])
-            if not self.firewall.set_port_forwards(ctid, dest, rules):
-                self._stamp.unlink(missing_ok=True)  # the root's chains are gone: make them again
-                self._ensure_host({a.version for a in addrs})
-                self.firewall.set_port_forwards(ctid, dest, rules)
+            # IPv4 forwards go to the first IPv4 address; the same ports of the host's IPv6
+            # addresses go to the first IPv6 address, when the VE has one.
+            for family, dest in ((4, v4[0] if v4 else None), (6, v6[0] if v6 else None)):
+                rules = forwards if dest is not None and v4 else []
+                if not self.firewall.set_port_forwards(ctid, dest, rules, family):
+                    self._stamp.unlink(missing_ok=True)  # the root's chains are gone: make them again
+                    self._ensure_host({a.version for a in addrs})
+                    self.firewall.set_port_forwards(ctid, dest, rules, family)
 
     @staticmethod
     def _new_pair(host, ve, dev: str, nsfd: int) -> tuple[int, int]:
@@ -1004,7 +1286,8 @@ class NetworkFeature(Feature):
                             if a in addrs:
                                 host.del_proxy_neighbour(a, index)
             if forwards:
-                self.firewall.set_port_forwards(ctid, None, [])
+                for family in (4, 6):
+                    self.firewall.set_port_forwards(ctid, None, [], family)
             self._fold_runs(ctid)
 
     # --- the reboot hook ------------------------------------------------------------------
@@ -1032,7 +1315,7 @@ if [ "$mode" != now ]; then
 fi
 wanted=
 while IFS= read -r line; do
-    case "$line" in IP_ADDRESS=*|PORTFWD=*) wanted=1; break ;; esac
+    case "$line" in IP_ADDRESS=*|PORTFWD=*|NETIF=*) wanted=1; break ;; esac
 done 2>/dev/null < "{lay.confdir}/$ctid.conf"
 [ -n "$wanted" ] || exit 0
 restore() {{
@@ -1088,6 +1371,10 @@ def _first4(addrs: list[Address]) -> Address | None:
     return next((a for a in addrs if a.version == 4), None)
 
 
+def _first6(addrs: list[Address]) -> Address | None:
+    return next((a for a in addrs if a.version == 6), None)
+
+
 # --- command line ------------------------------------------------------------------------------
 
 def add_set_options(parser) -> None:
@@ -1097,14 +1384,25 @@ def add_set_options(parser) -> None:
     g.add_argument("--ipdel", action="append", default=None, metavar="ADDRESS",
                    help="remove an address (all: every address)")
     g.add_argument("--portfwd", action="append", default=None, metavar="PROTO:HOSTPORT:VEPORT",
-                   help="forward a host port to the VE's first IPv4 address (e.g. tcp:2201:22)")
+                   help="forward a host port to the VE's first IPv4 address, and to its first IPv6 "
+                        "address when it has one (e.g. tcp:2201:22)")
     g.add_argument("--portfwd-del", action="append", default=None, metavar="PROTO:HOSTPORT",
                    help="remove a port forward (all: every one)")
+    g.add_argument("--netif_add", "--netif-add", dest="netif_add", action="append", default=None,
+                   metavar="NAME[,MAC,,HOST_MAC,BRIDGE]",
+                   help="add a bridged interface (layer 2, no anti-spoofing), e.g. eth1,,,,br0; MACs are "
+                        "generated when left empty")
+    g.add_argument("--bridge", default=None, metavar="BRIDGE",
+                   help="the host bridge of the --netif_add interfaces that name none")
+    g.add_argument("--netif_del", "--netif-del", dest="netif_del", action="append", default=None,
+                   metavar="NAME", help="remove a bridged interface (all: every one)")
 
 
 def set_params(args) -> dict:
     return {"ipadd": getattr(args, "ipadd", None), "ipdel": getattr(args, "ipdel", None),
-            "portfwd": getattr(args, "portfwd", None), "portfwd_del": getattr(args, "portfwd_del", None)}
+            "portfwd": getattr(args, "portfwd", None), "portfwd_del": getattr(args, "portfwd_del", None),
+            "netif_add": getattr(args, "netif_add", None), "netif_del": getattr(args, "netif_del", None),
+            "bridge": getattr(args, "bridge", None)}
 
 
 def register_commands(subparsers) -> None:
@@ -1133,10 +1431,21 @@ def _count(key: str):
     return lambda i: i.extra.get(key, "-") if i.running else "-"
 
 
+def _total(key: str):
+    return lambda i: i.extra.get(key, "-")
+
+
 VZLIST_FIELDS = {
     "traffic_in": ("IN_BYTES", 12, _count("traffic_in_bytes")),
     "traffic_out": ("OUT_BYTES", 12, _count("traffic_out_bytes")),
     "packets_in": ("IN_PKTS", 10, _count("traffic_in_packets")),
     "packets_out": ("OUT_PKTS", 10, _count("traffic_out_packets")),
+    # since the VE was created (every run, stopped VEs too): NetworkFeature.totals
+    "traffic_in_total": ("IN_TOTAL", 12, _total("net_in_bytes")),
+    "traffic_out_total": ("OUT_TOTAL", 12, _total("net_out_bytes")),
+    "packets_in_total": ("IN_PKTS_TOTAL", 13, _total("net_in_packets")),
+    "packets_out_total": ("OUT_PKTS_TOTAL", 14, _total("net_out_packets")),
+    "netif": ("NETIF", 20, lambda i: " ".join(f"{n['ifname']}@{n['bridge']}" for n in i.extra.get("netifs", []))
+              or "-"),
     "portfwd": ("PORTFWD", 20, lambda i: " ".join(i.extra.get("portfwd", [])) or "-"),
 }

@@ -356,6 +356,33 @@ def test_a_port_forward_reaches_a_tcp_server_inside_the_ve(net, cli, eng, debian
     assert host_objects(f"--dport {port} ") == []
 
 
+def test_a_port_forward_reaches_the_ve_over_ipv6_too(net, cli, eng, trio):
+    a = trio["A"]  # net.ip(21) and net.ip6(0x21): IPv4 forwards go to the one, IPv6 to the other
+    r = eng.exec(a, "mkdir -p /tmp/w6 && echo hi > /tmp/w6/index.html && "
+                    "(sh -c 'echo $$ > /tmp/w6.pid; exec httpd -f -p 8080 -h /tmp/w6' </dev/null >/dev/null 2>&1 &)")
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    try:
+        assert wait_for(lambda: (tcp_banner(net.ip6(0x21), 8080) or b"").startswith(b"HTTP/1"))
+        r = cli("vzctl", "set", str(a), "--portfwd", f"tcp:{port}:8080", "--save")
+        assert r.returncode == 0, r.stderr
+        assert f"-j DNAT --to-destination [{net.ip6(0x21)}]:8080" in sh("ip6tables-save -t nat")
+        for addr in (net.ip6(0x1), net.ip(1)):  # the host's address on the VEs' links, both families
+            assert (tcp_banner(addr, port) or b"").startswith(b"HTTP/1"), addr
+        # without an IPv6 address, no IPv6 forward (and back again when it has one)
+        assert cli("vzctl", "set", str(a), "--ipdel", net.ip6(0x21), "--save").returncode == 0
+        assert tcp_banner(net.ip6(0x1), port, timeout=1) is None
+        assert (tcp_banner(net.ip(1), port) or b"").startswith(b"HTTP/1")
+        assert cli("vzctl", "set", str(a), "--ipadd", net.ip6(0x21), "--save").returncode == 0
+        assert wait_for(lambda: (tcp_banner(net.ip6(0x1), port) or b"").startswith(b"HTTP/1"))
+    finally:
+        cli("vzctl", "set", str(a), "--portfwd-del", "all", "--save")
+        eng.exec(a, "kill $(cat /tmp/w6.pid)")
+    assert tcp_banner(net.ip6(0x1), port, timeout=1) is None
+    assert host_objects(f"--dport {port} ") == []
+    assert eng.config(a).get_list("IP_ADDRESS") == [net.ip(21), net.ip6(0x21)]
+
+
 def test_a_taken_host_port_cannot_be_forwarded(cli, eng, trio):
     a, b = trio["A"], trio["B"]
     port = free_port()
@@ -685,7 +712,14 @@ def grew(before: tuple, after: tuple, count: int = 10) -> bool:
         all(count <= diff[i] < 2 * count for i in (1, 3))
 
 
-def test_traffic_totals_cover_every_run_until_destroy(eng, net, new_ctid):
+def vzlist_totals(cli, ctid: int) -> list[str]:
+    r = cli("vzlist", "-H", "-o", "ctid,traffic_in,traffic_in_total,traffic_out_total,packets_in_total,"
+            "packets_out_total", str(ctid))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_traffic_totals_cover_every_run_until_destroy(eng, net, new_ctid, cli):
     ctid = new_ctid()
     eng.create(ctid, "tiny", ipadd=[net.ip(71)])
     totals = eng.layout.root / "traffic" / str(ctid)
@@ -698,12 +732,16 @@ def test_traffic_totals_cover_every_run_until_destroy(eng, net, new_ctid):
     eng.stop(ctid, fast=True)  # (the stop hook runs all the same after a clean shutdown)
     stopped = traffic(eng, ctid)
     assert first <= stopped and stopped[0] - first[0] < 1000 and totals.is_dir()
+    # vzlist shows them too (the current-run columns show nothing for a stopped VE)
+    assert vzlist_totals(cli, ctid) == [str(ctid), "-", *map(str, (stopped[0], stopped[2], stopped[1], stopped[3]))]
     eng.start(ctid, wait_boot=True)  # a new veth whose counters start at zero: the totals go on
     again = traffic(eng, ctid)
     assert stopped <= again and again[0] - stopped[0] < 1000
     burst(net.ip(71))
     second = traffic(eng, ctid)
     assert grew(again, second)
+    shown = vzlist_totals(cli, ctid)
+    assert int(shown[2]) >= second[0] > stopped[0] and int(shown[1]) < int(shown[2])  # this run < all runs
     # a reboot inside the VE: LXC makes its network namespace anew, the stop hook keeps the count
     pid = init_pid(eng, ctid)
     eng.exec(ctid, "reboot")
