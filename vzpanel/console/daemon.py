@@ -172,7 +172,8 @@ class LiveSession:
         ended = asyncio.create_task(self.session.closed.wait())
         ended.add_done_callback(lambda _: self._ending("exit"))
         booted = None
-        if self.session.booting:
+        if self.session.boot is not None:  # had a boot phase, perhaps over already (a replayed log is quick):
+            # the viewers were told "booting" when they joined, so they must hear "booted" either way
             booted = asyncio.create_task(self.session.booted.wait())
             booted.add_done_callback(lambda t: None if t.cancelled() else self._booted())
         try:
