@@ -11,25 +11,28 @@ from pathlib import Path
 from .errors import Busy
 
 
+def flock_within(fd: int, wait: float, interval: float = 0.05) -> bool:
+    """Take an exclusive flock on fd, trying for up to ``wait`` seconds; return whether it was taken."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
+
+
 @contextlib.contextmanager
 def ve_lock(lockdir: Path, ctid: int, operation: str, wait: float = 0.0):
     """Hold the VE's lock for ``operation``; wait up to ``wait`` seconds, then raise Busy."""
     path = lockdir / f"{ctid}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = _holder(fd)
-                    raise Busy(
-                        f"VE {ctid} is busy: {holder or 'another operation'} is in progress; "
-                        "try again when it ends"
-                    ) from None
-                time.sleep(0.05)
+        if not flock_within(fd, wait):
+            raise Busy(f"VE {ctid} is busy: {_holder(fd) or 'another operation'} is in progress; "
+                       "try again when it ends")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{operation} (pid {os.getpid()})".encode(), 0)
         try:

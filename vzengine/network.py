@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import importlib
 import ipaddress
 import itertools
@@ -91,6 +90,7 @@ from .errors import Busy, InvalidInput, StateError, Unsupported, VZError
 from .features import Feature
 from .firewall import Firewall, PortForward, have_ipv6
 from .layout import read_kv
+from .lock import flock_within
 
 if TYPE_CHECKING:
     from .rollback import Rollback
@@ -467,15 +467,8 @@ class NetworkFeature(Feature):
         self.layout.lockdir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.layout.lockdir / "network.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            deadline = time.monotonic() + LOCK_WAIT
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise Busy("the network of this engine root is busy; try again") from None
-                    time.sleep(0.02)
+            if not flock_within(fd, LOCK_WAIT, interval=0.02):
+                raise Busy("the network of this engine root is busy; try again")
             yield
         finally:
             os.close(fd)
