@@ -113,7 +113,8 @@ def main() -> int:
         return 2
     root = Path(tempfile.mkdtemp(prefix="vznetbench-", dir="/var/tmp"))
     os.chmod(root, 0o711)
-    (root / "vz.conf").write_text('STORAGE="dir"\nIP_POOL="10.75.0.0/24"\nIP6_POOL="fd75::/64"\n')
+    # HOST_PORTS: the VE -> host case needs the host's iperf3 port open to VEs (closed by default)
+    (root / "vz.conf").write_text('STORAGE="dir"\nIP_POOL="10.75.0.0/24"\nIP6_POOL="fd75::/64"\nHOST_PORTS="tcp:5299"\n')
     eng = Engine(root, lock_wait=30)
     plain: list[PlainNetns] = []
     links: list[str] = []

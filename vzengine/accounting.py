@@ -143,6 +143,29 @@ def qgroups_dir(pool: Path) -> Path | None:
     return d if d.is_dir() else None
 
 
+def quota_state(pool: Path) -> dict:
+    """Whether the pool's qgroups are on and their numbers trustworthy, from sysfs (no subprocess).
+
+    ``consistent`` is False when the kernel marked the qgroup data inconsistent: it then stops
+    counting writes, so no limit holds until a rescan (StorageBtrfs.check_quota runs one). It is
+    None where the kernel has no ``qgroups/inconsistent`` file (before 6.1) or quota is off.
+    """
+    fsid = btrfs_fsid(pool)
+    out: dict = {"btrfs": fsid is not None, "enabled": False, "consistent": None, "override": False}
+    if fsid is None:
+        return out
+    base = Path("/sys/fs/btrfs") / fsid
+    out["override"] = (read_fast(f"{base}/quota_override") or "0").strip() == "1"
+    qdir = base / "qgroups"
+    if not qdir.is_dir():
+        return out
+    out["enabled"] = (read_fast(f"{qdir}/enabled") or "1").strip() != "0"
+    flag = read_fast(f"{qdir}/inconsistent")
+    if flag is not None and out["enabled"]:
+        out["consistent"] = flag.strip() == "0"
+    return out
+
+
 def disk_usage(qdir: Path | None, subvol: Path) -> tuple[int | None, int | None]:
     """(bytes referenced, referenced limit or None) of a subvolume, from btrfs sysfs.
 
@@ -189,6 +212,12 @@ class UsageReader:
             self._qdir = found
         return self._qdir  # type: ignore[return-value]
 
+    def quota_consistent(self) -> bool | None:
+        """False while the pool's qgroup data is inconsistent (no disk limit holds then)."""
+        qdir = self.qgroups()
+        flag = read_fast(f"{qdir}/inconsistent") if qdir is not None else None
+        return None if flag is None else flag.strip() == "0"
+
     def raw(self, ctid: int) -> dict[str, str | None]:
         rel = self.layout.cgroup_dir(ctid)
         out: dict[str, str | None] = dict.fromkeys(self._keys)
@@ -203,6 +232,7 @@ class UsageReader:
         u = self._from_v1(self.raw(ctid)) if self.version == 1 else self._from_v2(self.raw(ctid))
         used, limit = disk_usage(self.qgroups(), self.layout.private(ctid))
         u["disk_bytes"], u["disk_limit_bytes"] = used, limit
+        u["disk_quota_consistent"] = self.quota_consistent()
         return u
 
     def read_all(self, ctids: list[int] | None = None) -> dict[int, dict]:

@@ -21,7 +21,9 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -29,9 +31,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
-from . import checkpoint, validate
+from . import archive, checkpoint, validate
 from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, Unsupported
 from .layout import read_kv
 from .rollback import Rollback
@@ -53,6 +55,9 @@ BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 CHUNK = 1 << 20
 SUFFIX = ".tar.zst"
+# What _write names its archives: ve-<CTID>-<YYYYMMDD>-<HHMMSS>[-<n>].tar.zst.
+NAME_RE = re.compile(r"ve-[0-9]{1,10}-[0-9]{8}-[0-9]{6}(?:-[0-9]{1,6})?\.tar\.zst")
+_OURS_RE = re.compile(rb"vzbackup/(?:info\.json|ve\.conf|manifest\.json)")
 TAR_OPTIONS = ["--format=posix", "--pax-option=delete=atime,delete=ctime", "--numeric-owner", "--xattrs",
                "--xattrs-include=*", "--acls"]
 # Header types that carry no data (POSIX: hard link, symlink, devices, directory, FIFO).
@@ -399,24 +404,117 @@ def _tail(f) -> str:
 
 # --- reading -----------------------------------------------------------------------------------
 
-def _open_file(path: Path) -> tuple[Path, int]:
+def _open_file(path: str | os.PathLike) -> BinaryIO:
+    """Open a backup the caller names by path (root's own choice on the command line)."""
     path = Path(path).absolute()
     try:
-        st = path.stat()
+        if not stat.S_ISREG(path.stat().st_mode):  # checked before opening: opening a FIFO has effects
+            raise InvalidInput(f"{path} is not a file")
+        f = open(path, "rb")  # noqa: SIM115 - the caller closes it
     except FileNotFoundError:
         raise NotFound(f"backup file {path} does not exist") from None
-    if not path.is_file():
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
         raise InvalidInput(f"{path} is not a file")
-    return path, st.st_size
+    return f
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a backup file name as the engine makes them; refuse anything else."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("give the file name of a backup (ve-<CTID>-<YYYYMMDD>-<HHMMSS>.tar.zst)")
+    shown = repr(name if len(name) <= 80 else name[:80] + "…")
+    if "\0" in name:
+        raise InvalidInput(f"backup name {shown} contains a NUL byte")
+    if name.startswith("/"):
+        raise InvalidInput(f"backup name {shown} is an absolute path: give only the file name of a backup "
+                           "in the backup directory")
+    if "/" in name or name in (".", ".."):
+        raise InvalidInput(f"backup name {shown} is a path ('/' or '..'): give only the file name of a backup "
+                           "in the backup directory")
+    if not NAME_RE.fullmatch(name):
+        raise InvalidInput(f"backup name {shown} is not the name of a backup "
+                           "(ve-<CTID>-<YYYYMMDD>-<HHMMSS>.tar.zst)")
+    return name
+
+
+def _open_dir(directory: Path) -> int:
+    """Open a backup directory that is no symbolic link and that only its owner, root, can write."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"backup directory {directory} does not exist") from None
+    except OSError as exc:
+        raise InvalidInput(f"backup directory {directory} is a symbolic link or not a directory "
+                           f"({exc.strerror})") from None
+    st = os.fstat(dfd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(dfd)
+        raise InvalidInput(f"backup directory {directory} may be written by others (owner uid {st.st_uid}, "
+                           f"mode {stat.S_IMODE(st.st_mode):o}): backups are read only from a directory "
+                           "that only root writes")
+    return dfd
+
+
+def _lstat_named(dfd: int, directory: Path, name: str) -> os.stat_result:
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise NotFound(f"backup {name} does not exist in {directory}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise InvalidInput(f"backup {name} in {directory} is a symbolic link: refused")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInput(f"backup {name} in {directory} is not a regular file: refused")
+    return st
+
+
+def open_named(directory: str | os.PathLike, name: str) -> BinaryIO:
+    """Open backup ``name`` in ``directory`` without following links: a regular file, or refused."""
+    check_name(name)
+    directory = Path(directory).absolute()
+    dfd = _open_dir(directory)
+    try:
+        before = _lstat_named(dfd, directory, name)  # so that a device or FIFO is never opened
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                         dir_fd=dfd)
+        except OSError as exc:
+            raise InvalidInput(f"backup {name} in {directory} cannot be opened: {exc.strerror}") from None
+    finally:
+        os.close(dfd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+        os.close(fd)
+        raise InvalidInput(f"backup {name} in {directory} changed while it was opened: refused")
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return os.fdopen(fd, "rb")
+
+
+def delete_named(eng: Engine, name: str, directory: str | os.PathLike | None = None) -> None:
+    """Delete backup ``name`` from the backup directory (a regular file of that name, nothing else)."""
+    check_name(name)
+    d = backup_dir(eng, directory)
+    dfd = _open_dir(d)
+    try:
+        _lstat_named(dfd, d, name)
+        # unlink never follows a link: had the name been swapped meanwhile, only the new name goes
+        os.unlink(name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
 def read_info(path: str | os.PathLike) -> dict:
     """The info block at the start of a backup; refuses a file that is not one of ours at once."""
+    with _open_file(path) as f:
+        return _read_info(f, str(Path(path).absolute()))
+
+
+def _read_info(f: BinaryIO, path: str) -> dict:
     _need("zstd", "zstd")
-    path, _ = _open_file(Path(path))
     scanner = TarScanner()
-    with open(path, "rb") as f, subprocess.Popen(["zstd", "-q", "-dc"], stdin=f, stdout=subprocess.PIPE,
-                                                  stderr=subprocess.DEVNULL) as zstd:
+    os.lseek(f.fileno(), 0, os.SEEK_SET)  # zstd reads the descriptor itself
+    with subprocess.Popen(["zstd", "-q", "-dc"], stdin=f, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL) as zstd:
         try:
             while not scanner.ended and INFO not in scanner.captured and scanner.offset < (1 << 20):
                 chunk = zstd.stdout.read(64 << 10)
@@ -430,7 +528,7 @@ def read_info(path: str | os.PathLike) -> dict:
     return _check_info(path, scanner)
 
 
-def _check_info(path: Path, scanner: TarScanner) -> dict:
+def _check_info(path: str, scanner: TarScanner) -> dict:
     if scanner.first != INFO or INFO not in scanner.captured:
         raise BadArchive(f"{path} is not a vzpanel backup (no {INFO} at its start)")
     try:
@@ -448,12 +546,19 @@ def _check_info(path: Path, scanner: TarScanner) -> dict:
 def scan(path: str | os.PathLike, sink: Callable[[bytes | memoryview], object] | None = None,
          progress: Progress = _quiet, what: str = "verified") -> tuple[dict, dict, bytes]:
     """Read a whole archive, passing its tar stream to ``sink``; check it; return (info, manifest, conf)."""
+    with _open_file(path) as f:
+        return _scan(f, str(Path(path).absolute()), sink, progress, what)
+
+
+def _scan(f: BinaryIO, path: str, sink: Callable[[bytes | memoryview], object] | None = None,
+          progress: Progress = _quiet, what: str = "verified") -> tuple[dict, dict, bytes]:
     _need("zstd", "zstd")
-    path, total = _open_file(Path(path))
+    total = os.fstat(f.fileno()).st_size
     scanner = TarScanner(sink=sink)
     t0 = last = time.monotonic()
     last_pct = 0
-    with open(path, "rb") as f, tempfile.TemporaryFile() as errf:
+    os.lseek(f.fileno(), 0, os.SEEK_SET)  # zstd reads the descriptor itself
+    with tempfile.TemporaryFile() as errf:
         zstd = subprocess.Popen(["zstd", "-q", "-dc"], stdin=f, stdout=subprocess.PIPE, stderr=errf)
         _big_pipe(zstd.stdout)
         try:
@@ -517,7 +622,20 @@ def scan(path: str | os.PathLike, sink: Callable[[bytes | memoryview], object] |
 
 def verify(path: str | os.PathLike, progress: Progress = _quiet) -> dict:
     """Check a backup archive end to end; return its manifest."""
-    _, manifest, _ = scan(path, progress=progress)
+    with _open_file(path) as f:
+        return _verify(f, str(path), progress)
+
+
+def verify_named(eng: Engine, name: str, directory: str | os.PathLike | None = None,
+                 progress: Progress = _quiet) -> dict:
+    """Check backup ``name`` in the backup directory end to end; return its manifest."""
+    d = backup_dir(eng, directory)
+    with open_named(d, name) as f:
+        return _verify(f, str(d / name), progress)
+
+
+def _verify(f: BinaryIO, path: str, progress: Progress) -> dict:
+    _, manifest, _ = _scan(f, path, progress=progress)
     progress(100, f"{path}: OK, VE {manifest['ctid']}, {manifest['files']} files, "
                   f"{manifest['bytes'] / 1e6:.0f} MB, sha256 {manifest['sha256'][:16]}...")
     return manifest
@@ -532,10 +650,25 @@ def restore(eng: Engine, path: str | os.PathLike, ctid=None, force: bool = False
     An existing VE is replaced only with ``force``; it is stopped first and started again after
     when it was running. Under another id than the original, the VE's addresses and port forwards
     are not restored (the original may still use them): an existing target keeps its own.
+    The archive's members pass ``archive.TarFilter`` on their way to tar: one that could reach
+    outside the VE refuses the whole archive and nothing is restored.
     """
+    with _open_file(path) as f:
+        return _restore(eng, f, str(Path(path).absolute()), ctid, force, progress)
+
+
+def restore_named(eng: Engine, name: str, ctid=None, directory: str | os.PathLike | None = None,
+                  force: bool = False, progress: Progress = _quiet) -> VEInfo:
+    """Restore backup ``name`` (a file name, no path) from the backup directory; see ``restore``."""
+    d = backup_dir(eng, directory)
+    with open_named(d, name) as f:
+        return _restore(eng, f, str(d / name), ctid, force, progress)
+
+
+def _restore(eng: Engine, f: BinaryIO, path: str, ctid, force: bool, progress: Progress) -> VEInfo:
     from . import snapshots
 
-    info = read_info(path)
+    info = _read_info(f, path)
     target = validate.ctid(ctid if ctid is not None else info.get("ctid"))
     base = eng._base_uid()
     if info.get("idmap_base") != base:
@@ -564,7 +697,7 @@ def restore(eng: Engine, path: str | os.PathLike, ctid=None, force: bool = False
         eng.storage.create(new)
         rb.add("remove the partly restored root", lambda: eng.storage.delete(new))
         progress(2, f"restoring {Path(path).name} as VE {target}")
-        _, manifest, conf_bytes = _extract(path, stage, progress)
+        _, manifest, conf_bytes = _extract(eng, f, path, stage, progress)
         conf = _restored_conf(eng, target, conf_bytes, info)
         if existing:
             old_conf = eng.config(target)
@@ -604,25 +737,15 @@ def restore(eng: Engine, path: str | os.PathLike, ctid=None, force: bool = False
     return eng._info(conf)
 
 
-def _extract(path, stage: Path, progress: Progress) -> tuple[dict, dict, bytes]:
-    with tempfile.TemporaryFile() as terr:
-        tar = subprocess.Popen(["tar", "-x", *TAR_OPTIONS, "--same-permissions", "--same-owner",
-                                "-C", str(stage), "-f", "-", "root"],
-                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=terr)
-        _big_pipe(tar.stdin)
-        try:
-            try:
-                result = scan(path, sink=tar.stdin.write, progress=lambda p, m: progress(5 + p * 7 // 10, m),
-                              what="restored")
-                tar.stdin.write(ZERO_BLOCK * 2)
-                tar.stdin.close()
-            except BrokenPipeError:
-                tar.wait()
-                raise CommandFailed(f"tar failed while restoring: {_tail(terr)}") from None
-            if tar.wait() != 0:
-                raise CommandFailed(f"tar failed while restoring: {_tail(terr)}")
-        finally:
-            _reap(tar)
+def _extract(eng: Engine, f: BinaryIO, path: str, stage: Path, progress: Progress) -> tuple[dict, dict, bytes]:
+    """Stream the archive through the scanner (checksums) and the filter (safety) into tar -x."""
+    with archive.SafeExtract(stage, b"root", eng.layout.idmap, f"backup {Path(path).name}",
+                             "nothing was restored", members=["root"], passthrough=_OURS_RE) as ex:
+        result = _scan(f, path, sink=ex.feed, progress=lambda p, m: progress(5 + p * 7 // 10, m),
+                       what="restored")
+        ex.finish()
+    if ex.left_out:
+        progress(76, archive.left_out_message(ex.left_out))
     return result
 
 
@@ -648,5 +771,5 @@ def list_backups(eng: Engine, directory: str | os.PathLike | None = None, ctid: 
     pattern = f"ve-{ctid}-*{SUFFIX}" if ctid else f"ve-*{SUFFIX}"
     for p in d.glob(pattern) if d.is_dir() else []:
         st = p.stat()
-        out.append({"path": str(p), "size": st.st_size, "mtime": st.st_mtime})
+        out.append({"path": str(p), "name": p.name, "size": st.st_size, "mtime": st.st_mtime})
     return sorted(out, key=lambda b: -b["mtime"])

@@ -13,6 +13,7 @@ before anything is tried.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -39,10 +40,21 @@ DUMP_ATTEMPTS = 3
 _resuming: set[tuple[str, int]] = set()
 # CRIU log lines that say "Error" but are harmless here (unprivileged VE limits, cgroupd teardown).
 _NOISE = ("RLIMIT_NOFILE", "cgroupd: recv req error")
+# More lxcfs mounts than a VE gets (ten or so) are the VE's own binds; past this many, refuse.
+MAX_EXTERNAL = 64
+# The parts of lxcfs a VE may have bound (its /proc files, its CPU view): restore binds them from the host.
+_LXCFS_TREES = ("/proc/", "/sys/devices/system/cpu")
+# What an address or route argument read from inside a VE may look like before it reaches `ip`.
+_IP_ARG = re.compile(r"[0-9A-Za-z.:/-]{1,64}")
 
 
 def _quiet(_pct: int, _msg: str) -> None:
     pass
+
+
+def _printable(text: str, width: int = 300) -> str:
+    """Text from inside a VE (process names, CRIU's log of its files) made one printable line."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:width]
 
 
 def image_dir(eng: Engine, ctid: int) -> Path:
@@ -108,7 +120,7 @@ def _outside_sessions(eng: Engine, ctid: int) -> list[str]:
         m = re.search(r"^NSsid:\s*(.*)$", status, re.M)
         if m and m.group(1).split()[-1] == "0":
             name = re.search(r"^Name:\s*(.*)$", status, re.M)
-            found.append(f"{pid} ({name.group(1) if name else '?'})")
+            found.append(f"{pid} ({_printable(name.group(1), 40) if name else '?'})")
     return found
 
 
@@ -186,10 +198,10 @@ def _detach_links(eng: Engine, ctid: int, st: _Detached) -> None:
                 stand_in = f"{a['local']}/{32 if a['family'] == 'inet' else 128}"
                 _ns_ip(pid, ["addr", "add", stand_in, "dev", "lo"])
                 st.stand_ins.append(stand_in)
-        _ns_ip(pid, ["link", "set", name, "down"])
-        _ns_ip(pid, ["link", "set", name, "name", parked.park])
+        _ns_ip(pid, ["link", "set", "dev", name, "down"])
+        _ns_ip(pid, ["link", "set", "dev", name, "name", parked.park])
         st.parked.append(parked)
-        _ns_ip(pid, ["link", "set", parked.park, "netns", str(os.getpid())])
+        _ns_ip(pid, ["link", "set", "dev", parked.park, "netns", str(os.getpid())])
     for family in sorted({"-6" if ":" in a else "-4" for a in st.stand_ins}):
         _ns_ip(pid, [family, "route", "add", "default", "dev", "lo"])
         st.lo_routes.append(family)
@@ -204,9 +216,9 @@ def _reattach_links(eng: Engine, ctid: int, st: _Detached) -> None:
         _ns_ip(pid, [family, "route", "del", "default", "dev", "lo"], check=False)
     for parked in reversed(st.parked):
         if Path("/sys/class/net", parked.park).exists():  # on the host: bring it home
-            run(["ip", "link", "set", parked.park, "netns", str(pid)], what="move the VE's link back")
-        _ns_ip(pid, ["link", "set", parked.park, "name", parked.name], check=False)
-        _ns_ip(pid, ["link", "set", parked.name, "up"])
+            run(["ip", "link", "set", "dev", parked.park, "netns", str(pid)], what="move the VE's link back")
+        _ns_ip(pid, ["link", "set", "dev", parked.park, "name", parked.name], check=False)
+        _ns_ip(pid, ["link", "set", "dev", parked.name, "up"])
         for addr in parked.addrs:
             _ns_ip(pid, ["addr", "add", addr, "dev", parked.name, *(["nodad"] if ":" in addr else [])],
                    check=False)
@@ -253,14 +265,28 @@ def _readdress(eng: Engine, ctid: int, links: list[dict]) -> None:
     if pid is None:
         return
     for link in links:
+        # The marker was written by the engine, but what it holds was read from inside the VE.
+        name = link.get("name")
+        if not isinstance(name, str) or not _IP_ARG.fullmatch(name):
+            continue
         for addr in link.get("addrs", []):
-            _ns_ip(pid, ["addr", "add", addr, "dev", link["name"], *(["nodad"] if ":" in addr else [])], check=False)
+            if isinstance(addr, str) and _is_interface(addr):
+                _ns_ip(pid, ["addr", "add", addr, "dev", name, *(["nodad"] if ":" in addr else [])], check=False)
         for route in link.get("routes", []):
-            _ns_ip(pid, [route[0], "route", "add", *route[1:], "dev", link["name"]], check=False)
+            if route and all(isinstance(a, str) and _IP_ARG.fullmatch(a) for a in route):
+                _ns_ip(pid, [route[0], "route", "add", *route[1:], "dev", name], check=False)
 
 
-def _mountinfo(path: str) -> list[tuple[str, str, str]]:
-    """(root within its file system, mount point, fs type) of every mount in a mountinfo file."""
+def _is_interface(addr: str) -> bool:
+    try:
+        ipaddress.ip_interface(addr)
+    except ValueError:
+        return False
+    return True
+
+
+def _mountinfo(path: str) -> list[tuple[str, str, str, str]]:
+    """(root within its file system, mount point, fs type, device) of every mount in a mountinfo file."""
     out = []
     try:
         text = Path(path).read_text()
@@ -270,7 +296,7 @@ def _mountinfo(path: str) -> list[tuple[str, str, str]]:
         pre, _, post = line.partition(" - ")
         fields = pre.split()
         if len(fields) >= 5 and post:
-            out.append((_unescape(fields[3]), _unescape(fields[4]), post.split()[0]))
+            out.append((_unescape(fields[3]), _unescape(fields[4]), post.split()[0], fields[2]))
     return out
 
 
@@ -279,21 +305,42 @@ def _unescape(value: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), value)
 
 
-def _external_mounts(pid: int) -> list[list[str]]:
+def _external_mounts(ctid: int, pid: int) -> list[list[str]]:
     """The VE's mounts of FUSE file systems served from the host (lxcfs): [mount point, root].
 
     CRIU cannot dump a FUSE mount: it is told they are external, and binds them anew from the
-    host's mount of the same file system when it restores.
+    host's mount of the same file system when it restores. The VE's root makes mounts where it
+    likes, under any name, and each name goes into CRIU's config: a name that could be read as
+    more than one word there (a line break makes a new option, such as ``action-script``, which
+    CRIU runs as root on the host) refuses the suspend instead.
     """
-    return [[mnt, root] for root, mnt, fstype in _mountinfo(f"/proc/{pid}/mountinfo") if fstype == "fuse.lxcfs"]
+    # The host's lxcfs by its device number: a VE can mount a FUSE file system of its own typed
+    # "fuse.lxcfs", which must never be taken for the host's (its paths would be bound from the host).
+    devs = {dev for root, _mnt, fstype, dev in _mountinfo("/proc/self/mountinfo") if fstype == "fuse.lxcfs"}
+    found = [[mnt, root] for root, mnt, fstype, dev in _mountinfo(f"/proc/{pid}/mountinfo")
+             if fstype == "fuse.lxcfs" and dev in devs]
+    if len(found) > MAX_EXTERNAL:
+        raise StateError(f"VE {ctid} cannot be suspended: it has {len(found)} mounts of lxcfs files (at most "
+                         f"{MAX_EXTERNAL} can be carried over); unmount the ones it made itself and try again")
+    for mnt, root in found:
+        try:
+            criu.path_word(mnt, "the mount point")
+            if not criu.path_word(root, "the lxcfs path").startswith(_LXCFS_TREES):
+                raise criu.UnsafeName(f"lxcfs path {criu.shown(root)} is not one lxcfs serves to VEs")
+        except criu.UnsafeName as e:
+            raise criu.UnsafeName(
+                f"VE {ctid} cannot be suspended: lxcfs is mounted inside it at a path CRIU cannot be told about "
+                f"safely ({e.message}); unmount it inside the VE and suspend again") from None
+    return found
 
 
-def _criu_env(eng: Engine, ctid: int, kind: str, lines: list[str]) -> dict | None:
+def _criu_env(eng: Engine, ctid: int, kind: str, options: list[tuple[str, str]]) -> dict | None:
     """The environment for lxc-checkpoint: CRIU reads extra options from $CRIU_CONFIG_FILE."""
-    if not lines:
-        return None
     path = eng.layout.rundir / f"{ctid}.criu-{kind}.conf"
-    path.write_text("".join(f"{ln}\n" for ln in lines))
+    if not options:
+        path.unlink(missing_ok=True)
+        return None
+    criu.write_config(path, options)
     return {**os.environ, "CRIU_CONFIG_FILE": str(path)}
 
 
@@ -301,14 +348,26 @@ def _ext_key(mountpoint: str) -> str:
     return "vz" + re.sub(r"[^A-Za-z0-9]", "_", mountpoint)
 
 
-def _restore_options(external: list[list[str]]) -> list[str]:
+def _restore_options(ctid: int, external: list[list[str]]) -> list[tuple[str, str]]:
     if not external:
         return []
-    hosts = [mnt for root, mnt, fstype in _mountinfo("/proc/self/mountinfo") if fstype == "fuse.lxcfs" and root == "/"]
+    hosts = [mnt for root, mnt, fstype, _dev in _mountinfo("/proc/self/mountinfo")
+             if fstype == "fuse.lxcfs" and root == "/"]
     if not hosts:
         raise StateError("the VE was suspended with lxcfs files in its /proc, and lxcfs is not running now: "
                          "start lxcfs (or start any VE, which starts it) and resume again")
-    return [f"external mnt[{_ext_key(mnt)}]:{hosts[0].rstrip('/')}{root}" for mnt, root in external]
+    host = criu.path_word(hosts[0], "the host's lxcfs mount").rstrip("/")
+    options = []
+    for item in external:
+        try:  # checked at suspend; checked again, as the record sits on disk until now
+            mnt, root = (criu.path_word(v, "a recorded lxcfs mount") for v in item)
+            if not root.startswith(_LXCFS_TREES):
+                raise criu.UnsafeName(f"lxcfs path {criu.shown(root)} is not one lxcfs serves to VEs")
+        except (criu.UnsafeName, TypeError, ValueError) as e:
+            raise StateError(f"VE {ctid} cannot be resumed: its checkpoint records an lxcfs mount CRIU cannot be "
+                             f"told about safely ({getattr(e, 'message', e)}); start it afresh instead") from None
+        options.append(("external", f"mnt[{_ext_key(mnt)}]:{host}{root}"))
+    return options
 
 
 def _criu_error(log: Path) -> str:
@@ -319,7 +378,7 @@ def _criu_error(log: Path) -> str:
         return ""
     for line in lines:
         if "Error (" in line and not any(n in line for n in _NOISE):
-            return re.sub(r"^\s*(\(\s*[\d.]+\)\s*)?(\d+:\s*)?Error\s*\([^)]*\):\s*", "", line).strip()
+            return _printable(re.sub(r"^\s*(\(\s*[\d.]+\)\s*)?(\d+:\s*)?Error\s*\([^)]*\):\s*", "", line).strip())
     return ""
 
 
@@ -334,7 +393,7 @@ def _unseizable(log: Path) -> bool:
 
 def _last_line(text: str | None) -> str:
     lines = (text or "").strip().splitlines()
-    return lines[-1][-300:] if lines else "unknown error"
+    return _printable(lines[-1][-300:]) if lines else "unknown error"
 
 
 def _keep_log(eng: Engine, ctid: int, src: Path, kind: str) -> Path:
@@ -370,6 +429,10 @@ def suspend(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
             raise StateError(
                 f"VE {ctid} cannot be suspended while process {', '.join(outside[:3])} belongs to a session "
                 "outside it (a console, or 'vzctl exec' without setsid): end it, or start it with setsid")
+        # Before anything changes: the names of the VE's mounts decide whether CRIU may be run at all.
+        pid = eng.lxc.init_pid(ctid)
+        external = _external_mounts(ctid, pid) if pid else []
+        dump_options = [("external", f"mnt[{mnt}]:{_ext_key(mnt)}") for mnt, _ in external]
         d = image_dir(eng, ctid)
         shutil.rmtree(d, ignore_errors=True)  # a partial dump of an earlier, failed try
         d.parent.mkdir(mode=0o711, exist_ok=True)
@@ -379,13 +442,11 @@ def suspend(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
         # the directory is the VE root's, with read access for group root and nobody else: the
         # images hold the VE's memory.
         d.mkdir(mode=0o750)
-        os.chown(d, eng._base_uid(), 0)
+        os.chown(d, eng.host_root_uid(conf), 0)
         os.chmod(d, 0o750)
         progress(10, f"checkpointing VE {ctid} with CRIU {criu.version_string()}")
         t0 = time.monotonic()
-        pid = eng.lxc.init_pid(ctid)
-        external = _external_mounts(pid) if pid else []
-        env = _criu_env(eng, ctid, "dump", [f"external mnt[{mnt}]:{_ext_key(mnt)}" for mnt, _ in external])
+        env = _criu_env(eng, ctid, "dump", dump_options)
         for attempt in range(1, DUMP_ATTEMPTS + 1):
             detached = _Detached()
             try:
@@ -451,8 +512,9 @@ def resume(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
         saved = suspend_info(eng, ctid) or {}
         for attempt in (1, 2):
             cgroups.remove_tree(eng.layout.cgroup_dir(ctid))
+            eng.prepare_root(conf, resume=True)  # its root, id-mapped to the range it was dumped with
             eng._write_lxc_config(conf)  # (features prepare what the VE needs: lxcfs, say)
-            env = _criu_env(eng, ctid, "restore", _restore_options(saved.get("external_mounts", [])))
+            env = _criu_env(eng, ctid, "restore", _restore_options(ctid, saved.get("external_mounts") or []))
             rc, out = _restore(eng, ctid, d, env)
             if rc == 0 and eng.is_running(ctid):
                 break
@@ -463,6 +525,8 @@ def resume(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
                     eng.lxc.stop(ctid, timeout=0, kill=True)
             cgroups.remove_tree(eng.layout.cgroup_dir(ctid))
             if attempt == 2:
+                with contextlib.suppress(VZError):  # the next resume mounts it again
+                    eng._drop_root_mount(ctid)
                 why = _criu_error(d / "restore.log") or _last_line(out)
                 raise CommandFailed(f"CRIU could not restore VE {ctid}; it stays suspended: {why} (see {log})")
             progress(30, f"restore failed ({_criu_error(d / 'restore.log')}); trying once more")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cgroups, rootfs, validate
+from . import cgroups, idmap, idmount, rootfs, validate
 from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, StateError, Unsupported, VZError
 from .features import Feature, load_features
 from .layout import Layout
@@ -115,6 +115,86 @@ class Engine:
     def _base_uid(self) -> int:
         return self.layout.idmap[0]
 
+    # --- the VE's own host id range (idmap.py) and its id-mapped root (idmount.py) ---------
+    @staticmethod
+    def host_range(conf: VEConfig) -> int | None:
+        """First host uid of the VE's own id range (its root on the host), None until it has one."""
+        value = conf.get("IDMAP")
+        return int(value) if value.isdigit() and len(value) <= 10 else None
+
+    def host_root_uid(self, conf: VEConfig) -> int:
+        """The host uid the VE's root runs as (IDMAP_BASE for a VE not started since the upgrade)."""
+        host = self.host_range(conf)
+        return self._base_uid() if host is None else host
+
+    def _claim_range(self, conf: VEConfig) -> int:
+        """Make sure the VE holds a host-wide unique id range and its config names it; return its base."""
+        base, size = self.layout.idmap
+        if idmap.overlaps_region(base, size) or size > idmap.RANGE_SIZE:
+            raise StateError(f"IDMAP_BASE={base} IDMAP_SIZE={size} in vz.conf: VE files must be stored outside "
+                             f"the VEs' own id ranges ({idmap.RANGE_FIRST} on) and span at most {idmap.RANGE_SIZE}")
+        held = idmap.claim(self.layout.root, conf.ctid, self.host_range(conf))
+        if held != self.host_range(conf):
+            conf.set("IDMAP", held)
+            if conf.path.exists():
+                conf.save()
+        return held
+
+    def prepare_root(self, conf: VEConfig, resume: bool = False) -> Path | None:
+        """Mount the VE's root id-mapped to its own range (replacing an earlier mount) before LXC starts or
+        restores it: files stored as IDMAP_BASE+k show as H+k there. Return the mount point.
+
+        ``resume``: CRIU restores the id map a VE was dumped with, so a resumed VE keeps the range its
+        config names (refused if another VE holds it now), and one suspended before it had a range of
+        its own resumes as it ran, on its plain root as IDMAP_BASE (None); its next start gives it one.
+        """
+        ctid = conf.ctid
+        if resume:
+            host = self.host_range(conf)
+            if host is None:
+                self._drop_root_mount(ctid)
+                return None
+            if not idmap.claim_exact(self.layout.root, ctid, host):
+                raise StateError(f"VE {ctid} was suspended running as host ids {host}.., which another VE holds "
+                                 f"now: it cannot be resumed; vzctl start boots it afresh in a range of its own")
+        else:
+            host = self._claim_range(conf)
+        base, size = self.layout.idmap
+        target = self.layout.ve_mount(ctid)
+        self._drop_root_mount(ctid)
+        self.layout.mntdir.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(self.layout.mntdir, 0o711)
+        # Only host root and the VE's own root (as whom LXC mounts the rootfs: gid H) get through,
+        # and the VE's root cannot put anything there: root's directory, group H, mode 0710.
+        target.parent.mkdir(mode=0o700)
+        os.chown(target.parent, 0, host)
+        os.chmod(target.parent, 0o710)
+        target.mkdir(mode=0o755)
+        try:
+            idmount.mount_idmapped(self.layout.private(ctid), target, outer=base, inner=host, size=size)
+        except BaseException:
+            with contextlib.suppress(VZError):
+                self._drop_root_mount(ctid)
+            raise
+        return target
+
+    def _drop_root_mount(self, ctid: int) -> None:
+        """Unmount the VE's id-mapped root and remove its directory (never anything below a mount)."""
+        top = self.layout.ve_mount(ctid).parent
+        for point in idmount.mount_points(top):
+            idmount.unmount(point)
+        if idmount.mount_points(top):
+            raise StateError(f"{top} is still mounted: unmount it by hand (umount -l) and try again")
+        # Removed, not left empty: LXC must fail on a missing mount, never boot an empty directory.
+        for d in (self.layout.ve_mount(ctid), top):
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise StateError(f"cannot remove {d}, the VE's root mount point ({e.strerror}): "
+                                 "move what is in it away and try again") from None
+
     # --- state ----------------------------------------------------------------------------
     def is_running(self, ctid: int) -> bool:
         n = self.nproc(ctid)
@@ -205,6 +285,8 @@ class Engine:
                 conf.set("ONBOOT", "yes" if onboot else "no")
                 conf.set_list("NAMESERVER", nameservers)
                 conf.set("CREATED", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                self._claim_range(conf)
+                rb.add("free the VE's id range", lambda: idmap.release(self.layout.root, ctid))
                 for feature, fparams in feature_params:
                     feature.apply(conf, fparams, False, rb)
                 self._fail_point("create:before-config")
@@ -265,8 +347,9 @@ class Engine:
 
     def _write_hostname(self, private: Path, hostname: str) -> None:
         base = self._base_uid()
-        rootfs.write_file(private, "etc/hostname", hostname + "\n", uid=base, gid=base)
+        # Read first: a refused read (a FIFO, a link out of the VE) must leave /etc/hostname as it was.
         hosts = (rootfs.read_file(private, "etc/hosts") or b"").decode(errors="replace").splitlines()
+        rootfs.write_file(private, "etc/hostname", hostname + "\n", uid=base, gid=base)
         short = hostname.split(".")[0]
         entry = f"127.0.1.1\t{hostname}" + (f" {short}" if short != hostname else "")
         hosts = [ln for ln in hosts if not ln.startswith("127.0.1.1")]
@@ -313,15 +396,18 @@ class Engine:
         spec = self._spec(conf)
         base, size = self.layout.idmap
         ctid = conf.ctid
+        host = self.host_range(conf)  # None: a VE from before per-VE ranges, running as it was started
+        root = self.layout.private(ctid) if host is None else self.layout.ve_mount(ctid)
+        host = base if host is None else host
         lines = [
             f"# generated by vzengine from {self.layout.conf(ctid)}: edit that file (vzctl set), not this one",
             "lxc.include = /usr/share/lxc/config/common.conf",
             "lxc.include = /usr/share/lxc/config/userns.conf",
             "lxc.arch = linux64",
             f"lxc.uts.name = {conf.hostname or f've{ctid}'}",
-            f"lxc.rootfs.path = dir:{self.layout.private(ctid)}",
-            f"lxc.idmap = u 0 {base} {size}",
-            f"lxc.idmap = g 0 {base} {size}",
+            f"lxc.rootfs.path = dir:{root}",
+            f"lxc.idmap = u 0 {host} {size}",
+            f"lxc.idmap = g 0 {host} {size}",
             f"lxc.cgroup.dir.container = {self.layout.cgroup_dir(ctid)}",
             f"lxc.cgroup.dir.monitor = {self.layout.cgroup_parent()}/{ctid}.monitor",
             f"lxc.signal.halt = {spec.halt_signal}",
@@ -348,6 +434,7 @@ class Engine:
         ]
         for feature in self.features:
             lines += feature.lxc_config(conf)
+        lines += self.storage.lxc_lines()  # seccomp profile: no subvolumes or reflinks past the disk quota
         return lines
 
     # --- start / stop ---------------------------------------------------------------------
@@ -375,12 +462,15 @@ class Engine:
         console_log = self.layout.console_log(ctid)
         with contextlib.suppress(FileNotFoundError):  # a new run, a new console log; the last run's is kept
             os.replace(console_log, console_log.with_name(console_log.name + ".1"))
+        self.prepare_root(conf)
         self._write_lxc_config(conf)
         log = self.layout.logdir / f"{ctid}.lxc.log"
         try:
             self.lxc.start(ctid, log)
         except CommandFailed as e:
             self._reap_failed_start(ctid)
+            with contextlib.suppress(VZError):
+                self._drop_root_mount(ctid)
             raise CommandFailed(f"VE {ctid} failed to start: {self._log_tail(log) or e.message}") from e
         try:
             for feature in self.features:
@@ -442,6 +532,8 @@ class Engine:
             with contextlib.suppress(VZError):  # keep releasing the rest; a start re-creates them
                 feature.after_stop(conf)
         cgroups.remove_tree(self.layout.cgroup_dir(conf.ctid))
+        with contextlib.suppress(VZError):  # a start replaces a mount left behind
+            self._drop_root_mount(conf.ctid)
 
     def restart(self, ctid, progress: Progress = _quiet, wait_boot: bool = False) -> VEInfo:
         conf = self.config(ctid)
@@ -477,6 +569,7 @@ class Engine:
                 progress(10, "stopping the VE")
                 self._stop(conf, 10, False, progress)
             progress(40, "removing the VE's files")
+            self._drop_root_mount(ctid)  # (left by a poweroff inside the VE)
             self._destroy_storage(ctid)
             self.lxc.remove_config(ctid)
             for log in self.layout.logdir.glob(f"{ctid}.*"):
@@ -485,6 +578,7 @@ class Engine:
             for feature in self.features:
                 feature.destroy(conf)
             self.layout.conf(ctid).unlink()
+            idmap.release(self.layout.root, ctid)
         (self.layout.lockdir / f"{ctid}.lock").unlink(missing_ok=True)
         progress(100, f"VE {ctid} destroyed")
 
@@ -604,6 +698,12 @@ class Engine:
             with contextlib.suppress(VZError):
                 feature.purge()
         cgroups.remove_tree(self.layout.cgroup_parent())
+        for point in idmount.mount_points(self.layout.mntdir):  # before any VE root is removed
+            idmount.unmount(point)
+        if idmount.mount_points(self.layout.mntdir):
+            raise StateError(f"VE roots under {self.layout.mntdir} are still mounted: unmount them and purge again")
+        shutil.rmtree(self.layout.mntdir, ignore_errors=True)
+        idmap.release_root(self.layout.root)
         if self.layout.pool.is_dir():
             pool = self.layout.pool
             volumes = [*pool.glob("private/*"), *pool.glob("snapshots/*/*"), *pool.glob("templates/*")]
@@ -650,6 +750,25 @@ class Engine:
     def restore(self, path, ctid=None, force: bool = False, progress: Progress = _quiet) -> VEInfo:
         from . import backup
         return backup.restore(self, path, ctid, force=force, progress=progress)
+
+    def restore_named(self, name, ctid=None, directory=None, force: bool = False,
+                      progress: Progress = _quiet) -> VEInfo:
+        """Restore backup file ``name`` (no path) from the backup directory, never following a link."""
+        from . import backup
+        return backup.restore_named(self, name, ctid, directory, force=force, progress=progress)
+
+    def backup_verify_named(self, name, directory=None, progress: Progress = _quiet) -> dict:
+        from . import backup
+        return backup.verify_named(self, name, directory, progress=progress)
+
+    def backup_delete_named(self, name, directory=None) -> None:
+        from . import backup
+        backup.delete_named(self, name, directory)
+
+    def pool_info(self) -> dict:
+        """The storage pool's size, use and whether its disk quotas hold (vzctl pool info)."""
+        self.ensure_ready()
+        return self.storage.pool_info()
 
     def reinstall(self, ctid, ostemplate: str | None = None, keep=(), snapshot: bool = True,
                   progress: Progress = _quiet) -> VEInfo:

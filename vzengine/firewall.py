@@ -4,18 +4,30 @@ Root chains (created once per host boot, removed by ``purge``), with T the root'
 
     raw    VZ-T-AS    from PREROUTING for packets from the root's veths (-i vzT+): drop what a VE
                       sends from an address the host does not route back to that VE (rpfilter),
-                      and anything it sends to 127/8 (the veths have route_localnet on)
-    filter VZ-T-FWD   from FORWARD (inserted first): accept traffic to and from the VEs, even
-                      when the host's FORWARD policy is DROP
-    nat    VZ-T-PF    from PREROUTING and OUTPUT for local destinations: port forwards
+                      and anything it sends to 127/8
+    filter VZ-T-IN    from INPUT (inserted first) for packets from the root's veths, and from its
+                      bridged ports when br_netfilter passes bridged frames to iptables: the host
+                      is not a service to its VEs. Accepted are replies to what the host opened
+                      (conntrack ESTABLISHED,RELATED), pings, ICMPv6 neighbour discovery, and
+                      the ports vz.conf's HOST_PORTS opens on purpose; the rest is rejected
+                      (admin-prohibited), whichever host address it was sent to
+    filter VZ-T-FWD   from FORWARD (inserted first): a VE's new connections go through VZ-T-LIM
+                      first, then traffic to and from the VEs is accepted, even when the host's
+                      FORWARD policy is DROP
+    filter VZ-T-LIM   the per-VE jumps to each VE's conntrack cap (``set_conntrack_cap``)
+    nat    VZ-T-PF    from PREROUTING and OUTPUT for local destinations but 127/8 and ::1: port
+                      forwards (the host's own loopback services are never shadowed by a forward)
     nat    VZ-T-POST  from POSTROUTING: NAT for the private part of the pool, hairpin NAT for
-                      port forwards used by VEs, and NAT for host connections to 127.0.0.1:port
+                      port forwards used by VEs
 
 Per VE: nat chain VZ-T-<ctid> with its DNAT rules, jumped to from VZ-T-PF (in iptables to the
-VE's first IPv4 address, and in ip6tables to its first IPv6 address when it has one).
+VE's first IPv4 address, and in ip6tables to its first IPv6 address when it has one); filter
+chain VZ-T-<ctid> with its conntrack cap (connlimit, mask 0: every new connection the VE opens
+through the host counts in one bucket per rule), jumped to from VZ-T-LIM for ``-i`` its veth.
 
 Changes go through ``iptables-restore --noflush``: declaring ``:CHAIN`` flushes and refills just
-that chain in one transaction, so no rule of anyone else is touched.
+that chain in one transaction, so no rule of anyone else is touched. (With the nf_tables backend
+a rule that is not rewritten keeps its state: a VE's connlimit count survives other changes.)
 """
 
 from __future__ import annotations
@@ -97,30 +109,56 @@ class Firewall:
         return out
 
     # --- root chains ----------------------------------------------------------------------
-    def _jumps(self, family: int) -> dict[str, list[str]]:
-        """The rules in built-in chains that lead into this root's chains."""
+    def _jumps(self, family: int, bridged: bool = False) -> dict[str, list[str]]:
+        """The rules in built-in chains that lead into this root's chains (as iptables-save prints
+        them, but ``-I CHAIN 1`` for those that go first)."""
         iface = f"{self.ifprefix}+"
+        loopback = "127.0.0.0/8" if family == 4 else "::1/128"
+        inputs = [f"-I INPUT 1 -i {iface} -j {self.chain('IN')}"]
+        if bridged:
+            inputs.append(f"-I INPUT 1 -m physdev --physdev-in {iface} -j {self.chain('IN')}")
         return {
             "raw": [f"-A PREROUTING -i {iface} -j {self.chain('AS')}"],
-            "filter": [f"-I FORWARD 1 -j {self.chain('FWD')}"],
+            "filter": [*inputs, f"-I FORWARD 1 -j {self.chain('FWD')}"],
             "nat": [f"-A PREROUTING -m addrtype --dst-type LOCAL -j {self.chain('PF')}",
-                    f"-A OUTPUT -m addrtype --dst-type LOCAL -j {self.chain('PF')}",
+                    f"-A OUTPUT ! -d {loopback} -m addrtype --dst-type LOCAL -j {self.chain('PF')}",
                     f"-A POSTROUTING -j {self.chain('POST')}"],
         }
 
-    def ensure_root(self, family: int, pools: Iterable, nat: bool) -> None:
-        """Create or refresh this root's chains for one address family (idempotent)."""
+    def _input_rules(self, family: int, host_ports: Iterable[tuple[str, int]]) -> list[str]:
+        """VZ-T-IN: what a VE may send to the host itself."""
+        rules = ["-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+        if family == 4:
+            rules.append("-p icmp -m icmp --icmp-type 8 -j ACCEPT")  # ping the gateway
+        else:
+            # neighbour solicitation and advertisement (the VEs' gateway fe80::1 is found by
+            # them), router solicitation (answered by nothing, but not worth an error), ping
+            rules += [f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT" for t in (135, 136, 133, 128)]
+        for proto, port in host_ports:
+            rules.append(f"-p {proto} -m {proto} --dport {port} -j ACCEPT")
+        rules.append("-j REJECT --reject-with " + ("icmp-admin-prohibited" if family == 4 else "icmp6-adm-prohibited"))
+        return rules
+
+    def ensure_root(self, family: int, pools: Iterable, nat: bool, host_ports: Iterable[tuple[str, int]] = (),
+                    bridged: bool = False) -> None:
+        """Create or refresh this root's chains for one address family (idempotent).
+
+        ``host_ports`` are (proto, port) the host serves its VEs on purpose (vz.conf HOST_PORTS);
+        ``bridged`` filters bridged ports too (only when br_netfilter passes their frames to
+        iptables: a physdev match would load it, and that changes every bridge of the host).
+        """
         iface = f"{self.ifprefix}+"
         pools = list(pools)
-        chains: dict[str, dict[str, list[str]]] = {
+        chains: dict[str, dict[str, list[str] | None]] = {
             "raw": {self.chain("AS"): (["-d 127.0.0.0/8 -j DROP"] if family == 4 else [])
                     + ["-m rpfilter --invert -j DROP"]},
-            "filter": {self.chain("FWD"): [f"-i {iface} -j ACCEPT", f"-o {iface} -j ACCEPT"]},
+            "filter": {self.chain("IN"): self._input_rules(family, host_ports),
+                       self.chain("LIM"): None,
+                       self.chain("FWD"): [f"-i {iface} -m conntrack --ctstate NEW -j {self.chain('LIM')}",
+                                           f"-i {iface} -j ACCEPT", f"-o {iface} -j ACCEPT"]},
             "nat": {self.chain("PF"): None, self.chain("POST"): []},
         }
         post = chains["nat"][self.chain("POST")]
-        if family == 4:
-            post.append(f"-s 127.0.0.0/8 -o {iface} -j MASQUERADE")
         for net in pools:
             post.append(f"-s {net} -o {iface} -m conntrack --ctstate DNAT -j MASQUERADE")
         if nat:
@@ -128,23 +166,78 @@ class Firewall:
                 if net.is_private:
                     post.append(f"-s {net} ! -d {net} ! -o {iface} -j MASQUERADE")
         existing = self._tables(self.save(family))
+        jumps = self._jumps(family, bridged)
         script = []
         for table in TABLES:
             lines = existing.get(table, [])
             have_chains = {ln.split()[0][1:] for ln in lines if ln.startswith(":")}
+            wanted = {_as_append(j) for j in jumps[table]}
             script.append(f"*{table}")
             for name, rules in chains[table].items():
-                if rules is None:  # VZ-T-PF holds the per-VE jumps: create it, never flush it
+                if rules is None:  # holds the per-VE jumps: create it, never flush it
                     if name not in have_chains:
                         script.append(f":{name} - [0:0]")
                     continue
                 script.append(f":{name} - [0:0]")
                 script += [f"-A {name} {r}" for r in rules]
-            for jump in self._jumps(family)[table]:
+            # jumps of an older engine (the OUTPUT jump that took 127.0.0.1 into VEs, say)
+            script += ["-D" + ln[2:] for ln in lines if ln.startswith("-A ") and ln not in wanted
+                       and not ln.split()[1].startswith(self.prefix)
+                       and re.search(rf"-j {re.escape(self.prefix)}\S+", ln)]
+            for jump in jumps[table]:
                 if _as_append(jump) not in lines:
                     script.append(jump)
             script.append("COMMIT")
         self.restore(family, "\n".join(script) + "\n")
+
+    # --- per-VE conntrack cap -------------------------------------------------------------
+    def set_conntrack_cap(self, ctid: int, dev: str, cap: int | None, family: int = 4, running: bool = True) -> bool:
+        """Let VE ``ctid`` (host-side veth ``dev``) have at most ``cap`` connections through the
+        host that it opened (None: no cap, and no chain). Its count is kept when nothing changes.
+
+        False when the root's filter chains or their jumps are missing (flushed by someone, an
+        admin's firewall reload say): make them, then retry. ``running`` says the VE runs, so
+        this is checked even when nothing of the VE changes (every start does it: a VE never
+        runs with the host open to it).
+        """
+        if family == 6 and (not have_ipv6() or which("ip6tables-save") is None):
+            return True
+        name, lim = self.chain(ctid), self.chain("LIM")
+        lines = self._tables(self.save(family, "filter")).get("filter", [])
+        if running:
+            chains = {ln.split()[0][1:] for ln in lines if ln.startswith(":")}
+            if not {lim, self.chain("IN"), self.chain("FWD")} <= chains or not all(
+                    _as_append(j) in lines for j in self._jumps(family)["filter"]):
+                return False
+        has_chain = any(ln.startswith(f":{name} ") for ln in lines)
+        jump = f"-A {lim} -i {dev} -j {name}"
+        stale = [ln for ln in lines if ln.startswith(f"-A {lim} ") and ln.endswith(f"-j {name}") and ln != jump]
+        if cap is None:
+            if not has_chain:
+                return True
+            script = ["*filter", *("-D" + ln[2:] for ln in stale)]
+            if jump in lines:
+                script.append("-D" + jump[2:])
+            script += [f"-F {name}", f"-X {name}", "COMMIT"]
+        else:
+            if not any(ln.startswith(f":{lim} ") for ln in lines):
+                return False
+            reject = "icmp-admin-prohibited" if family == 4 else "icmp6-adm-prohibited"
+            rule = (f"-A {name} -m connlimit --connlimit-above {cap} --connlimit-mask 0 --connlimit-saddr "
+                    f"-j REJECT --reject-with {reject}")
+            mine = [ln for ln in lines if ln.startswith(f"-A {name} ")]
+            if mine == [rule] and jump in lines and not stale:
+                return True  # as it should be: rewriting it would reset the VE's count
+            script = ["*filter", *("-D" + ln[2:] for ln in stale)]
+            if mine != [rule]:
+                script += [f":{name} - [0:0]", rule]
+            elif not has_chain:
+                script.append(f":{name} - [0:0]")
+            if jump not in lines:
+                script.append(jump)
+            script.append("COMMIT")
+        self.restore(family, "\n".join(script) + "\n")
+        return True
 
     # --- port forwards --------------------------------------------------------------------
     def set_port_forwards(self, ctid: int, dest: ipaddress.IPv4Address | ipaddress.IPv6Address | None,

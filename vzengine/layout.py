@@ -27,6 +27,12 @@ DEFAULTS = {
     "IDMAP_SIZE": "65536",
     "DEFAULT_TEMPLATE": "debian-12",
     "STOP_TIMEOUT": "60",
+    # Limits of every VE whose own config does not set them (resources.py; "unlimited" or "": none).
+    "DEFAULT_RAM": "512M",
+    "DEFAULT_SWAP": "256M",  # on top of the RAM
+    "DEFAULT_NUMPROC": "512",  # processes and threads
+    "DEFAULT_CPUUNITS": "1000",  # CPU weight
+    "DEFAULT_DISKSPACE": "10G",  # btrfs pools only
 }
 STORAGE_KINDS = ("btrfs-loop", "btrfs", "dir")
 
@@ -154,6 +160,14 @@ class Layout:
 
     def conf(self, ctid: int) -> Path:
         return self.confdir / f"{ctid}.conf"
+
+    @property
+    def mntdir(self) -> Path:
+        return self.root / "mnt"
+
+    def ve_mount(self, ctid: int) -> Path:
+        """Where VE ctid's root is mounted id-mapped to its own host range (in a root:H 0710 directory)."""
+        return self.mntdir / str(ctid) / "root"
 
     def cgroup_dir(self, ctid: int) -> str:
         """The VE's cgroup, relative to each hierarchy's root."""

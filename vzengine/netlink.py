@@ -127,8 +127,8 @@ def _family(addr: Address | Network | Interface) -> int:
 
 
 class Netlink:
-    """Route netlink in one network namespace: links (veths, bridged veths), addresses, routes,
-    proxy neighbours."""
+    """Route netlink in one network namespace: links (veths, bridged veths, ifbs), addresses,
+    routes, proxy neighbours."""
 
     def __init__(self, sock: socket.socket | None = None):
         self._local = sock is None  # the caller's own namespace: if_nametoindex works there
@@ -221,6 +221,18 @@ class Netlink:
         of ``bridge``), ``peer`` (MAC ``peer_mac``, down) directly inside another namespace."""
         _wrap(self._ipr.link, "add", ifname=name, kind="veth", address=mac, master=self.index(bridge), state="up",
               peer={"ifname": peer, "net_ns_fd": peer_netns_fd, "address": peer_mac})
+
+    def add_ifb(self, name: str, txqlen: int = 1000) -> bool:
+        """Create an ifb device (up), for shaping what arrives on another interface; False when
+        it was there already. (The default queue of 32 packets loses too much of a TCP burst.)"""
+        try:
+            _wrap(self._ipr.link, "add", ifname=name, kind="ifb", txqlen=txqlen, state="up")
+        except NetlinkError as e:
+            if e.errno == errno.EEXIST:
+                self.set_up(name)
+                return False
+            raise
+        return True
 
     def delete_link(self, dev: Dev) -> bool:
         """Delete an interface (a veth takes its peer with it); False if it was not there."""

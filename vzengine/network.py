@@ -21,8 +21,25 @@ default the first address of the first pool), NAT (masquerade the private part o
 when they leave the host). Per VE (its conf): IP_ADDRESS, PORTFWD ("tcp:2201:22 ...") and NETIF.
 
 Port forwards go from the host's addresses to the VE's first IPv4 address (iptables), and the
-same ports of the host's IPv6 addresses to its first IPv6 address when it has one (ip6tables;
-there is no IPv6 counterpart of route_localnet, so [::1]:port is not forwarded).
+same ports of the host's IPv6 addresses to its first IPv6 address when it has one (ip6tables).
+They answer on the host's real addresses only: 127.0.0.1:port and [::1]:port stay the host's own
+(no route_localnet), so a forward never shadows a service the host keeps on its loopback.
+
+The host is not a service to its VEs (firewall.py, VZ-T-IN): whatever a VE sends to any address
+of the host itself is rejected, but replies to connections the host opened, pings, ICMPv6
+neighbour discovery, and the ports vz.conf's HOST_PORTS opens on purpose ("udp:53 tcp:53" for a
+resolver the host runs for its VEs; none by default: the engine serves its VEs nothing). A
+server on the host bound to 0.0.0.0 or [::] (sshd, the panel) is therefore out of the VEs'
+reach. Port forwards, VE to VE and VE to the outside are forwarded traffic and unaffected.
+
+Fairness. ``--rate`` (RATE in the VE's conf, kbit/s; vz.conf RATE is the default for VEs without
+one, none by default) limits the VE's traffic both ways: HTB on each of its host-side interfaces
+for what it receives, and their ingress redirected to one ifb of its own (``vz<tag>z<ctid in base
+36>``) for what it sends, shared by all its interfaces (tc.py). ``--conntrack`` (CONNTRACK_MAX,
+vz.conf default 4096) caps the connections the VE opens through the host (a connlimit rule on
+its routed veth, each address family on its own), so one VE's flood cannot fill the host's
+connection-tracking table; beyond it new connections are rejected. Both are applied at start, after
+a reboot inside the VE, and live by ``vzctl set``.
 
 Bridged mode (``--netif_add eth1,,,,br0``, OpenVZ's veth devices), for layer 2: a second veth
 pair per interface, ``eth1`` (any name but eth0 and lo) inside with a MAC generated when it is
@@ -31,6 +48,10 @@ start), and ``vz<tag><letter><ctid in base 36>`` on the host (MAC fe:..., so it 
 bridge's own MAC), a port of an existing bridge. The engine brings eth1 up without addresses:
 the VE configures it itself (``ip addr add``, DHCP), and the engine neither routes nor filters
 it, so a bridged interface has no anti-spoofing: the VE can use any address or MAC on the LAN.
+What it sends to the host is rejected like the routed side's only where br_netfilter passes
+bridged frames to iptables (bridge-nf-call-iptables = 1); otherwise the host answers a bridged
+VE as it answers any machine on that LAN (the engine does not load br_netfilter: it would send
+every bridge of the host through iptables). Its conntrack entries are not capped.
 Up to MAX_NETIFS per VE; created at start (after eth0), after a reboot inside the VE (the same
 hook) and live by ``vzctl set``; gone with the VE's namespace, and deleted by the engine on
 stop, destroy and purge (their names start with the root's prefix). A clone or a restore under
@@ -104,7 +125,13 @@ NET_DEFAULTS = {
     "HOST_IP": "",  # default: the first address of the first IPv4 pool
     "HOST_IP6": "",  # default: the first address of the first IPv6 pool
     "NAT": "yes",
+    "HOST_PORTS": "",  # "udp:53 tcp:53": ports of the host its VEs may reach (none by default)
+    "RATE": "",  # the --rate of VEs without their own (none: no limit)
+    "CONNTRACK_MAX": "4096",  # the --conntrack of VEs without their own
 }
+RATE_MAX_KBIT = 100_000_000  # 100 Gbit/s
+CONNTRACK_RANGE = (16, 10_000_000)
+UNLIMITED = ("unlimited", "none", "max")
 VE_IFNAME = "eth0"
 GATEWAY6 = ipaddress.IPv6Address("fe80::1")
 CLAIM_SECONDS = 120  # how long an address picked by a create/set still in progress stays taken
@@ -149,6 +176,44 @@ def parse_forward(value: str) -> PortForward:
     return PortForward(parts[0], ports[0], ports[1])
 
 
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(k|kbit|m|mbit|g|gbit)?(?:/s)?$", re.IGNORECASE)
+
+
+def parse_rate(value, what: str = "--rate") -> int | None:
+    """A bandwidth in kbit/s: a plain number is kbit/s (as in OpenVZ), or 512K, 10M, 1.5G
+    (kbit, mbit, gbit); unlimited (or 0) for none."""
+    s = str(value).strip()
+    if s.lower() in UNLIMITED or s == "0":
+        return None
+    m = _RATE.match(s)
+    if not m:
+        raise InvalidInput(f"invalid {what} {value!r}: use kbit/s, or a number with K, M or G (bit/s), e.g. 10M")
+    kbit = float(m.group(1)) * {"": 1, "k": 1, "m": 1000, "g": 1_000_000}[(m.group(2) or "")[:1].lower()]
+    if not 8 <= kbit <= RATE_MAX_KBIT:
+        raise InvalidInput(f"invalid {what} {value!r}: use 8 kbit/s to 100G")
+    return int(kbit)
+
+
+def parse_conntrack(value, what: str = "--conntrack") -> int | None:
+    """A number of tracked connections, or unlimited."""
+    s = str(value).strip()
+    if s.lower() in UNLIMITED:
+        return None
+    lo, hi = CONNTRACK_RANGE
+    if not s.isdigit() or not lo <= int(s) <= hi:
+        raise InvalidInput(f"invalid {what} {value!r}: use a whole number from {lo} to {hi}, or unlimited")
+    return int(s)
+
+
+def human_rate(kbit: int | None) -> str:
+    if kbit is None:
+        return "-"
+    for unit, n in (("G", 1_000_000), ("M", 1000)):
+        if kbit >= n and kbit % (n // 10) == 0:
+            return f"{kbit / n:g}{unit}"
+    return f"{kbit}K"
+
+
 def ifname(tag: str, ctid: int) -> str:
     """The host-side veth of a VE: vz<tag><ctid>, at most 15 characters (long ids in base 36)."""
     name = f"vz{tag}{ctid}"
@@ -159,6 +224,15 @@ def ifname(tag: str, ctid: int) -> str:
         n, r = divmod(n, 36)
         digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
     return f"vz{tag}x{digits}"  # decimal names never contain an 'x'
+
+
+def ifb_name(tag: str, ctid: int) -> str:
+    """The ifb that shapes what a VE sends (``--rate``): vz<tag>z<ctid in base 36>."""
+    digits, n = "", ctid
+    while n:
+        n, r = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+    return f"vz{tag}z{digits or '0'}"
 
 
 def _iface(addr: Address) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -258,6 +332,9 @@ class NetSettings:
     host_ip: ipaddress.IPv4Address | None
     host_ip6: ipaddress.IPv6Address | None
     nat: bool
+    host_ports: tuple[tuple[str, int], ...] = ()
+    rate: int | None = None  # kbit/s, for VEs without RATE of their own
+    conntrack_max: int | None = 4096
 
     @classmethod
     def load(cls, settings: dict[str, str]) -> NetSettings:
@@ -285,7 +362,16 @@ class NetSettings:
             else:
                 host[version] = pools[version][0].network_address + 1 if pools[version] else None
         nat = get("NAT").strip().lower() in ("yes", "y", "true", "on", "1")
-        return cls(tuple(pools[4]), tuple(pools[6]), host[4], host[6], nat)
+        ports = []
+        for item in get("HOST_PORTS").replace(",", " ").split():
+            try:
+                f = parse_forward(item)
+            except InvalidInput:
+                raise InvalidInput(f"HOST_PORTS in vz.conf: {item!r} is not PROTO:PORT (e.g. udp:53)") from None
+            ports.append((f.proto, f.host_port))
+        rate = parse_rate(get("RATE"), "RATE in vz.conf") if get("RATE").strip() else None
+        ct = parse_conntrack(get("CONNTRACK_MAX"), "CONNTRACK_MAX in vz.conf")
+        return cls(tuple(pools[4]), tuple(pools[6]), host[4], host[6], nat, tuple(ports), rate, ct)
 
     def pools(self, version: int) -> tuple:
         return self.pools4 if version == 4 else self.pools6
@@ -428,7 +514,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 class NetworkFeature(Feature):
     name = "network"
-    params = ("ipadd", "ipdel", "portfwd", "portfwd_del", "netif_add", "netif_del", "bridge")
+    params = ("ipadd", "ipdel", "portfwd", "portfwd_del", "netif_add", "netif_del", "bridge", "rate", "conntrack")
 
     # --- names and settings ---------------------------------------------------------------
     @property
@@ -503,6 +589,21 @@ class NetworkFeature(Feature):
     def _set_netifs(conf: VEConfig, netifs: list[NetIf]) -> None:
         conf.set("NETIF", ";".join(map(str, netifs)))
 
+    def limits(self, conf: VEConfig) -> tuple[int | None, int | None]:
+        """(rate in kbit/s, conntrack cap) of a VE: its own (RATE, CONNTRACK_MAX), else vz.conf's."""
+        s = self.settings()
+        rate, cap = s.rate, s.conntrack_max
+        with contextlib.suppress(InvalidInput):  # a hand-edited value that does not parse: the default
+            if conf.get("RATE"):
+                rate = parse_rate(conf.get("RATE"))
+        with contextlib.suppress(InvalidInput):
+            if conf.get("CONNTRACK_MAX"):
+                cap = parse_conntrack(conf.get("CONNTRACK_MAX"))
+        return rate, cap
+
+    def ifb_name(self, ctid: int) -> str:
+        return ifb_name(self.layout.tag, ctid)
+
     def _other_confs(self, ctid: int) -> Iterator[tuple[int, dict[str, str]]]:
         confdir = self.layout.confdir
         if not confdir.is_dir():
@@ -556,7 +657,24 @@ class NetworkFeature(Feature):
 
     # --- Feature: check and apply ---------------------------------------------------------
     def check(self, conf: VEConfig, params: dict, creating: bool) -> dict:
-        return {**self._check_routed(conf, params, creating), **self._check_netifs(conf, params, creating)}
+        return {**self._check_routed(conf, params, creating), **self._check_netifs(conf, params, creating),
+                **self._check_limits(params)}
+
+    @staticmethod
+    def _check_limits(params: dict) -> dict:
+        """--rate and --conntrack: a value, unlimited, or default (vz.conf's)."""
+        out = {}
+        for key, conf_key, parse in (("rate", "RATE", parse_rate), ("conntrack", "CONNTRACK_MAX", parse_conntrack)):
+            value = params.get(key)
+            if value is None:
+                continue
+            s = str(value).strip()
+            if s.lower() == "default":
+                out[conf_key] = ""
+                continue
+            n = parse(s)
+            out[conf_key] = "unlimited" if n is None else str(n)
+        return {"limits": out} if out else {}
 
     def _check_netifs(self, conf: VEConfig, params: dict, creating: bool) -> dict:
         """--netif_add NAME[,MAC,HOST_IFNAME,HOST_MAC,BRIDGE] (--bridge BRIDGE for those without
@@ -730,10 +848,63 @@ class NetworkFeature(Feature):
         if not params:
             return
         with self._netlock():
+            old = self.limits(conf)
             if "add" in params:
                 self._apply_routed(conf, params, running, rb)
             if "netif_add" in params:
                 self._apply_netifs(conf, params, running, rb)
+            for key, value in params.get("limits", {}).items():
+                conf.set(key, value)
+            if running and (self.limits(conf) != old or {"add", "netif_add"} & set(params)):
+                rb.add(f"restore the traffic limits of VE {conf.ctid}", lambda: self._undo_limits(conf, old))
+                self._apply_limits(conf)
+                self.engine._fail_point("set:after-limits")
+
+    def _undo_limits(self, conf: VEConfig, old: tuple[int | None, int | None]) -> None:
+        with self._netlock():
+            self._apply_limits(conf, old)
+
+    def _apply_limits(self, conf: VEConfig, limits: tuple[int | None, int | None] | None = None) -> None:
+        """Make a running VE's rate and conntrack cap what its config says (network lock held)."""
+        from . import tc
+
+        ctid = conf.ctid
+        rate, cap = limits or self.limits(conf)
+        routed = self.ifname(ctid)
+        devs = [d for d in (routed, *(n.host_ifname for n in self.netifs(conf))) if Path("/sys/class/net", d).exists()]
+        ifb = self.ifb_name(ctid)
+        if rate is None or not devs:
+            if Path("/sys/class/net", ifb).exists():  # it goes with every limit the engine set
+                for d in devs:
+                    tc.clear_ingress(d)
+                    tc.clear_egress(d)
+                self._delete_ifb(ctid)
+        else:
+            from .netlink import Netlink
+
+            with Netlink() as host:
+                host.add_ifb(ifb)
+            tc.set_egress_rate(ifb, rate)
+            for d in devs:
+                tc.set_egress_rate(d, rate)
+                tc.redirect_ingress(d, ifb)
+        if routed in devs:
+            for family in ([4, 6] if have_ipv6() else [4]):
+                if not self.firewall.set_conntrack_cap(ctid, routed, cap, family):
+                    self._stamp.unlink(missing_ok=True)  # the root's chains are gone: make them again
+                    self._ensure_host({a.version for a in self.addresses(conf)} or {4})
+                    self.firewall.set_conntrack_cap(ctid, routed, cap, family)
+        elif self._stamp.exists():
+            for family in ([4, 6] if have_ipv6() else [4]):
+                self.firewall.set_conntrack_cap(ctid, routed, None, family, running=False)
+
+    def _delete_ifb(self, ctid: int) -> None:
+        ifb = self.ifb_name(ctid)
+        if Path("/sys/class/net", ifb).exists():
+            from .netlink import Netlink
+
+            with Netlink() as host:
+                host.delete_link(ifb)
 
     def _apply_netifs(self, conf: VEConfig, params: dict, running: bool, rb: Rollback) -> None:
         """Store the VE's bridged interfaces; on a running VE, add and remove them live."""
@@ -882,6 +1053,7 @@ class NetworkFeature(Feature):
                 if addrs or pf:
                     self._sync(conf.ctid, addrs, pf, nsfd, pf_changed=bool(pf), fresh=True)
                 self._add_netifs(conf.ctid, netifs, nsfd)
+                self._apply_limits(conf)
                 if (addrs or pf) and checkpoint.is_resuming(self.engine, conf.ctid):
                     self._hold_netns(conf.ctid, nsfd)
             finally:
@@ -926,6 +1098,7 @@ class NetworkFeature(Feature):
                 if addrs or pf:
                     self._sync(ctid, addrs, pf, nsfd, pf_changed=bool(pf))
                 self._add_netifs(ctid, netifs, nsfd)
+                self._apply_limits(conf)
             finally:
                 os.close(nsfd)
 
@@ -981,6 +1154,7 @@ class NetworkFeature(Feature):
         netifs = self.netifs(conf)
         if netifs:
             out["netifs"] = [n.to_dict() for n in netifs]
+        out["rate_kbit"], out["conntrack_max"] = self.limits(conf)
         stats = self.counters(conf.ctid) if running else None
         out.update(zip(COUNTERS, stats or (0, 0, 0, 0), strict=True))
         out.update(self.usage(conf))  # since the VE was created: net_in_bytes ... net_out_packets
@@ -1128,8 +1302,10 @@ class NetworkFeature(Feature):
                         _write_sysctl(str(conf_dir / "accept_ra"), "2")
             _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
         families = [4, 6] if have_ipv6() else [4]
+        bridged = {4: _read_sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables") == "1",
+                   6: _read_sysctl("/proc/sys/net/bridge/bridge-nf-call-ip6tables") == "1"}
         want = " ".join([_read_sysctl("/proc/sys/kernel/random/boot_id"), *map(str, s.pools4), *map(str, s.pools6),
-                         str(s.nat)])
+                         str(s.nat), "in", *(f"{p}:{n}" for p, n in s.host_ports), str(bridged)])
         try:
             if self._stamp.read_text() == want:
                 return
@@ -1137,7 +1313,7 @@ class NetworkFeature(Feature):
             pass
         fw = self.firewall
         for family in families:
-            fw.ensure_root(family, s.pools(family), s.nat)
+            fw.ensure_root(family, s.pools(family), s.nat, s.host_ports, bridged[family])
         self._stamp.write_text(want)
 
     def _sync(self, ctid: int, addrs: list[Address], forwards: list[PortForward], nsfd: int,
@@ -1175,8 +1351,9 @@ class NetworkFeature(Feature):
             else:
                 host_index, eth0 = link.index, link.peer_index  # eth0's index inside the VE
                 host.set_up(host_index)
-            if forwards:  # the host's own connections to 127.0.0.1:port are NATed into the VE
-                _write_sysctl(f"/proc/sys/net/ipv4/conf/{dev}/route_localnet", "1")
+                if _read_sysctl(f"/proc/sys/net/ipv4/conf/{dev}/route_localnet") == "1":
+                    # an older engine sent the host's 127.0.0.1:port into the VE: never again
+                    _write_sysctl(f"/proc/sys/net/ipv4/conf/{dev}/route_localnet", "0")
             if v4:
                 host.add_address(host_index, _iface(s.host_ip))
             if v6:
@@ -1281,6 +1458,10 @@ class NetworkFeature(Feature):
             if forwards:
                 for family in (4, 6):
                     self.firewall.set_port_forwards(ctid, None, [], family)
+            if (addrs or forwards) and self._stamp.exists():
+                for family in ([4, 6] if have_ipv6() else [4]):
+                    self.firewall.set_conntrack_cap(ctid, dev, None, family, running=False)
+            self._delete_ifb(ctid)
             self._fold_runs(ctid)
 
     # --- the reboot hook ------------------------------------------------------------------
@@ -1389,13 +1570,20 @@ def add_set_options(parser) -> None:
                    help="the host bridge of the --netif_add interfaces that name none")
     g.add_argument("--netif_del", "--netif-del", dest="netif_del", action="append", default=None,
                    metavar="NAME", help="remove a bridged interface (all: every one)")
+    g.add_argument("--rate", default=None, metavar="RATE",
+                   help="limit the VE's traffic each way: kbit/s, or 512K, 10M, 1G (bit/s); unlimited; "
+                        "default (vz.conf RATE)")
+    g.add_argument("--conntrack", default=None, metavar="N",
+                   help="at most N connections the VE opens through the host at once (unlimited; default: "
+                        "vz.conf CONNTRACK_MAX, 4096)")
 
 
 def set_params(args) -> dict:
     return {"ipadd": getattr(args, "ipadd", None), "ipdel": getattr(args, "ipdel", None),
             "portfwd": getattr(args, "portfwd", None), "portfwd_del": getattr(args, "portfwd_del", None),
             "netif_add": getattr(args, "netif_add", None), "netif_del": getattr(args, "netif_del", None),
-            "bridge": getattr(args, "bridge", None)}
+            "bridge": getattr(args, "bridge", None), "rate": getattr(args, "rate", None),
+            "conntrack": getattr(args, "conntrack", None)}
 
 
 def register_commands(subparsers) -> None:
@@ -1441,4 +1629,6 @@ VZLIST_FIELDS = {
     "netif": ("NETIF", 20, lambda i: " ".join(f"{n['ifname']}@{n['bridge']}" for n in i.extra.get("netifs", []))
               or "-"),
     "portfwd": ("PORTFWD", 20, lambda i: " ".join(i.extra.get("portfwd", [])) or "-"),
+    "rate": ("RATE", 6, lambda i: human_rate(i.extra.get("rate_kbit"))),
+    "conntrack": ("CT_MAX", 8, lambda i: str(i.extra.get("conntrack_max") or "-")),
 }

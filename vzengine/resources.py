@@ -12,6 +12,10 @@ config, and LXC writes them into the VE's cgroup before init runs. On a running 
 values are written into the VE's cgroup files directly. Disk space is a btrfs qgroup limit on
 the VE's subvolume, kept whether the VE runs or not. See RESOURCES.md for what each limit does
 and which OpenVZ limits a stock kernel cannot enforce.
+
+Every VE has limits: where its config sets none of its own RAM, SWAP, NUMPROC, CPUUNITS or
+DISKSPACE, the node's default from vz.conf (``DEFAULT_RAM`` and so on, layout.py) applies. A
+VE given ``unlimited`` on purpose keeps the word in its config, so the default does not return.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from .run import run
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .layout import Layout
     from .rollback import Rollback
     from .veconf import VEConfig
 
 log = logging.getLogger(__name__)
 
 UNLIMITED_WORDS = ("unlimited", "max", "none")
+_CREATING = "_creating"  # in what check() returns at create: apply() then sets the default disk quota
 CFS_PERIOD_US = 100_000
 CPUUNITS_DEFAULT = 1000
 IOWEIGHT_DEFAULT = 100
@@ -404,11 +410,48 @@ def knob_version(knob: Knob) -> int | None:
     return ver
 
 
-def limits_of(conf: VEConfig) -> Limits:
+# config key -> (vz.conf setting of the node's default, how that setting is checked)
+NODE_DEFAULTS: dict[str, tuple[str, Callable[[str, str], int]]] = {
+    "RAM": ("DEFAULT_RAM", lambda v, what: validate.size(v, what=what, minimum=16 << 20)),
+    "SWAP": ("DEFAULT_SWAP", lambda v, what: validate.size(v, what=what, minimum=0)),
+    "NUMPROC": ("DEFAULT_NUMPROC", lambda v, what: _integer(v, what, 8, pid_max(), " or 'unlimited'")),
+    "CPUUNITS": ("DEFAULT_CPUUNITS", lambda v, what: _integer(v, what, 8, 500_000)),
+    "DISKSPACE": ("DEFAULT_DISKSPACE", lambda v, what: validate.size(v, what=what, minimum=1 << 20)),
+}
+UNLIMITED = "unlimited"  # stored for a key of NODE_DEFAULTS that the admin lifted on purpose
+
+
+def node_defaults(layout: Layout, can_quota: bool = True) -> Limits:
+    """The limits a VE has where its own config is silent, from vz.conf (or $VZ_DEFAULT_*)."""
+    out: Limits = {}
+    for key, (setting, parse) in NODE_DEFAULTS.items():
+        raw = str(layout.settings.get(setting, "")).strip()
+        if not raw or _unlimited(raw):
+            continue
+        try:
+            out[key] = parse(raw, setting)
+        except InvalidInput as e:
+            raise InvalidInput(f"{setting}={raw!r} in {layout.root}/vz.conf: {e.message}") from None
+    if not can_quota:  # a directory pool has no quota to put a default disk limit in
+        out.pop("DISKSPACE", None)
+    if "RAM" not in out:  # swap is what a VE may use on top of its RAM: no RAM limit, no swap limit
+        out.pop("SWAP", None)
+    return out
+
+
+def limits_of(conf: VEConfig, defaults: Limits | None = None) -> Limits:
+    """The VE's limits: its own, else ``defaults`` (the node's); None where there is none."""
     out: Limits = {}
     for key in KEYS:
         raw = conf.get(key)
-        out[key] = (raw if key == "CPUMASK" else int(raw)) if raw else None
+        if raw and _unlimited(raw):
+            out[key] = None
+        elif raw:
+            out[key] = raw if key == "CPUMASK" else int(raw)
+        else:
+            out[key] = (defaults or {}).get(key)
+    if out["RAM"] is None:  # swap is counted on top of a RAM limit; without one it is not limited either
+        out["SWAP"] = None
     return out
 
 
@@ -425,6 +468,14 @@ class ResourcesFeature(Feature):
     def __init__(self, engine: Engine):
         super().__init__(engine)
         self._reader: accounting.UsageReader | None = None
+
+    def defaults(self) -> Limits:
+        """The node's default limits (vz.conf), read anew each time: an edit applies at the next start."""
+        return node_defaults(self.engine.layout, can_quota=self.engine.storage.can_quota)
+
+    def limits(self, conf: VEConfig) -> Limits:
+        """The limits in effect for the VE: its own where it has them, the node's defaults elsewhere."""
+        return limits_of(conf, self.defaults())
 
     @property
     def reader(self) -> accounting.UsageReader:
@@ -444,9 +495,11 @@ class ResourcesFeature(Feature):
             parsed = p.parse(value)
             if p.key:
                 out[p.key] = parsed
-        if not out:
+        if creating:
+            out[_CREATING] = True
+        if not out.keys() - {_CREATING}:
             return out
-        new = {**limits_of(conf), **out}
+        new = {**self.limits(conf), **out}
         if out.get("SWAP") is not None and not new.get("RAM"):
             raise InvalidInput("--swap needs a --ram limit: swap is what a VE may use on top of its RAM")
         if "DISKSPACE" in out and not self.engine.storage.can_quota:
@@ -489,17 +542,25 @@ class ResourcesFeature(Feature):
 
     # --- applying -------------------------------------------------------------------------
     def apply(self, conf: VEConfig, params: dict, running: bool, rb: Rollback) -> None:
-        if not params:
-            return
-        old = limits_of(conf)
+        params = dict(params)
+        creating = params.pop(_CREATING, False)
+        old = self.limits(conf)
         new = {**old, **params}
-        self._check_usage(conf, params, running)  # again, under the VE's lock
+        if params:
+            self._check_usage(conf, params, running)  # again, under the VE's lock
         if "DISKSPACE" in params:
             self._set_quota(conf.ctid, new["DISKSPACE"], rb)
-        if running:
+        elif creating and new["DISKSPACE"] and self.engine.storage.can_quota:
+            if self.reader.qgroups() is None:  # the node's default, on a pool without quota: no limit to set
+                log.warning("quota is off on the pool %s: VE %s gets no disk limit", self.engine.layout.pool,
+                            conf.ctid)
+            else:
+                self._set_quota(conf.ctid, new["DISKSPACE"], rb)
+        if running and params:
             self._write_live(conf.ctid, old, new, set(params), rb)
         for key, value in params.items():
-            conf.set(key, value)
+            # "unlimited" is kept where a node default exists, or the default would apply again.
+            conf.set(key, UNLIMITED if value is None and key in NODE_DEFAULTS else value)
 
     def _write_live(self, ctid: int, old: Limits, new: Limits, changed: set[str], rb: Rollback) -> None:
         rel = self.engine.layout.cgroup_dir(ctid)
@@ -583,7 +644,7 @@ class ResourcesFeature(Feature):
                         conf.ctid)
 
     def lxc_config(self, conf: VEConfig) -> list[str]:
-        lim = limits_of(conf)
+        lim = self.limits(conf)
         ctx = Context(self.engine)
         lines = []
         for knob in KNOBS:
@@ -597,7 +658,7 @@ class ResourcesFeature(Feature):
     def after_start(self, conf: VEConfig) -> None:
         # A quota set without --save lasts until the next start: bring it back to the config.
         if self.engine.storage.can_quota and self.reader.qgroups() is not None:
-            want = limits_of(conf)["DISKSPACE"]
+            want = self.limits(conf)["DISKSPACE"]
             if self._quota_limit(conf.ctid) != want:
                 self._set_quota(conf.ctid, want)
 
@@ -614,11 +675,14 @@ class ResourcesFeature(Feature):
         return self.reader.read_all()
 
     def info(self, conf: VEConfig, running: bool) -> dict:
-        return {"resources": {"limits": limits_of(conf), "usage": self.reader.read(conf.ctid)}}
+        own = {key for key in KEYS if conf.get(key)}
+        lim = self.limits(conf)
+        return {"resources": {"limits": lim, "usage": self.reader.read(conf.ctid),
+                              "node_defaults": sorted(k for k in NODE_DEFAULTS if k not in own and lim[k] is not None)}}
 
     def beancounters(self, ctid: int) -> list[dict]:
         conf = self.engine.config(ctid)
-        return beancounters(self.reader.read(conf.ctid), limits_of(conf))
+        return beancounters(self.reader.read(conf.ctid), self.limits(conf))
 
 
 # --- vzctl ubc ----------------------------------------------------------------------------------

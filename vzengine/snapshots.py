@@ -42,7 +42,7 @@ Progress = Callable[[int, str], None]
 
 # Config keys naming things that must be unique on a host (addresses, MACs, port forwards; the
 # network feature owns them): a clone, or a restore under another id, does not inherit them.
-UNIQUE_KEYS = re.compile(r"^(IP_ADDRESS|IP6_ADDRESS|PORTFWD|PORT_?FORWARD\w*|NETIF\w*|\w*_MAC|MAC\w*|HWADDR\w*)$")
+UNIQUE_KEYS = re.compile(r"^(IP_ADDRESS|IP6_ADDRESS|PORTFWD|PORT_?FORWARD\w*|NETIF\w*|\w*_MAC|MAC\w*|HWADDR\w*|IDMAP)$")
 
 
 def _quiet(_pct: int, _msg: str) -> None:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
-from . import validate
+from . import accounting, seccomp, validate
 from .errors import CommandFailed, InvalidInput, Unsupported
 from .layout import Layout
 from .run import run
+
+log = logging.getLogger(__name__)
 
 
 def mountpoints() -> dict[str, str]:
@@ -68,6 +73,29 @@ class Storage:
     def describe(self) -> str:
         return self.kind
 
+    def lxc_lines(self) -> list[str]:
+        """LXC config lines every VE on this storage gets: the seccomp profile that keeps it inside its quota."""
+        return seccomp.lxc_lines(self.layout)
+
+    def pool_info(self) -> dict:
+        """What the pool is, its size and free space, and whether disk quotas hold on it."""
+        st = os.statvfs(self.layout.pool)
+        return {
+            "backend": self.kind,
+            "path": str(self.layout.pool),
+            "size_bytes": st.f_blocks * st.f_frsize,
+            "free_bytes": st.f_bavail * st.f_frsize,
+            "quota_enabled": False,
+            "quota_consistent": None,
+            "quota_enforced": False,
+            "quota_problem": "this backend has no disk quota",
+            "quota_rescanned_at": None,
+            "quota_rescan_seconds": None,
+            "quota_inconsistent_seen_at": None,
+            "quota_rescan_error": None,
+            "nested_subvolumes": [],
+        }
+
 
 class DirStorage(Storage):
     """Plain directories: works everywhere; no instant snapshots, no disk quota, full copies."""
@@ -109,6 +137,7 @@ class BtrfsStorage(Storage):
                 if fs != "btrfs":
                     raise InvalidInput(f"POOL_PATH {pool} is on {fs}, not btrfs")
             super().ensure()
+            self.check_quota()
 
     def _mount_loop(self) -> None:
         img, pool = self.layout.pool_image, self.layout.pool
@@ -128,6 +157,8 @@ class BtrfsStorage(Storage):
             raise
         if created:
             run(["btrfs", "quota", "enable", str(pool)], what="enable quota on the pool")
+            # Enabling starts a rescan, and until it ends the qgroup data reads as inconsistent.
+            run(["btrfs", "quota", "rescan", "-W", str(pool)], what="wait for the first qgroup rescan")
 
     def teardown(self) -> None:
         if self.loop and self.is_mounted():
@@ -205,6 +236,132 @@ class BtrfsStorage(Storage):
                 keep.append(d)
             dirnames[:] = keep
         return found
+
+    # --- quota health -----------------------------------------------------------------------
+    @property
+    def _quota_record(self) -> Path:
+        return self.layout.root / "pool-quota.json"
+
+    def _read_record(self) -> dict:
+        try:
+            data = json.loads(self._quota_record.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_record(self, data: dict) -> None:
+        tmp = self._quota_record.with_name(f".{self._quota_record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, self._quota_record)
+
+    def quota_consistent(self) -> bool | None:
+        """False when the kernel marked the pool's qgroup data inconsistent (no limit then holds)."""
+        state = accounting.quota_state(self.layout.pool)
+        if not state["enabled"] or state["consistent"] is not None:
+            return state["consistent"] if state["enabled"] else None
+        # A kernel without qgroups/inconsistent (before 6.1): btrfs-progs warns on stderr instead.
+        proc = run(["btrfs", "qgroup", "show", "--raw", str(self.layout.pool)], check=False,
+                   what="read the pool's qgroups")
+        return "inconsistent" not in proc.stderr
+
+    def check_quota(self) -> bool | None:
+        """Rescan the pool's qgroups when their data is inconsistent; return whether they are consistent now.
+
+        Cheap when all is well (one sysfs read). A rescan reads every extent of the pool: it
+        takes a while on a big pool, and holds the pool lock meanwhile, which is the point:
+        while the data is inconsistent the kernel counts no writes, so no VE's limit holds.
+        """
+        consistent = self.quota_consistent()
+        if consistent is not False:
+            return consistent
+        record = self._read_record()
+        record["inconsistent_seen_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        log.warning("the qgroup data of pool %s is inconsistent: disk quotas are not enforced; rescanning",
+                    self.layout.pool)
+        t0 = time.monotonic()
+        error = None
+        try:
+            self.rescan_quota()
+        except CommandFailed as e:
+            error = e.message
+        ok = self.quota_consistent()
+        if ok is False and error is None:
+            error = "the qgroup data is still inconsistent after a rescan"
+        record.update(rescanned_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      rescan_seconds=round(time.monotonic() - t0, 3), rescan_error=error)
+        self._write_record(record)
+        if error:
+            log.error("pool %s: disk quotas are NOT enforced: %s (run 'btrfs quota rescan -w %s')",
+                      self.layout.pool, error, self.layout.pool)
+        else:
+            log.warning("pool %s: qgroups rescanned in %.1f s; disk quotas hold again",
+                        self.layout.pool, record["rescan_seconds"])
+        return ok
+
+    def rescan_quota(self) -> None:
+        """Recount the pool's qgroups from its extents and wait for the end (joins a rescan under way)."""
+        pool = str(self.layout.pool)
+        proc = run(["btrfs", "quota", "rescan", "-w", pool], check=False, what="rescan the pool's qgroups")
+        if proc.returncode != 0:
+            if "in progress" not in (proc.stderr + proc.stdout):
+                raise CommandFailed(f"rescan the pool's qgroups: {(proc.stderr or proc.stdout).strip()[-300:]}",
+                                    cmd=proc.args, returncode=proc.returncode)
+            run(["btrfs", "quota", "rescan", "-W", pool], what="wait for the qgroup rescan under way")
+
+    def nested_subvolumes(self) -> list[dict]:
+        """Subvolumes inside a VE, template or snapshot: each has a qgroup of its own, outside any VE's limit."""
+        pool = self.layout.pool
+        ours: set[int] = set()
+        for pattern in ("private/*", "templates/*", "snapshots/*/*"):
+            for p in pool.glob(pattern):
+                if self.is_subvolume(p) and (sid := accounting.subvolume_id(p)) is not None:
+                    ours.add(sid)
+        parent: dict[int, int] = {}
+        paths: dict[int, str] = {}
+        out = run(["btrfs", "subvolume", "list", str(pool)], what="list the pool's subvolumes").stdout
+        for line in out.splitlines():
+            # "ID 260 gen 25 top level 256 path private/101/nest"
+            parts = line.split(maxsplit=8)
+            if len(parts) == 9 and parts[0] == "ID" and parts[5] == "level" and parts[7] == "path":
+                sid = int(parts[1])
+                parent[sid], paths[sid] = int(parts[6]), parts[8]
+        qdir = accounting.qgroups_dir(pool)
+        found = []
+        for sid in sorted(paths):
+            up, seen = parent.get(sid), set()
+            while up is not None and up not in ours and up not in seen:
+                seen.add(up)
+                up = parent.get(up)
+            if up in ours:
+                used = accounting._int(accounting.read_fast(f"{qdir}/0_{sid}/referenced")) if qdir else None
+                found.append({"id": sid, "path": paths[sid], "referenced_bytes": used})
+        return found
+
+    def pool_info(self) -> dict:
+        info = super().pool_info()
+        state = accounting.quota_state(self.layout.pool)
+        record = self._read_record()
+        consistent = self.quota_consistent() if state["enabled"] else None
+        nested = self.nested_subvolumes()
+        problem = None
+        if not state["enabled"]:
+            problem = f"quota is off on the pool: run 'btrfs quota enable {self.layout.pool}', then restart the VEs"
+        elif consistent is False:
+            problem = "the qgroup data is inconsistent: the kernel counts no writes until a rescan"
+        elif nested:
+            problem = f"{len(nested)} subvolume(s) inside VEs are outside every VE's quota"
+        info.update(
+            quota_enabled=state["enabled"],
+            quota_consistent=consistent,
+            quota_enforced=state["enabled"] and consistent is not False,
+            quota_problem=problem,
+            quota_rescanned_at=record.get("rescanned_at"),
+            quota_rescan_seconds=record.get("rescan_seconds"),
+            quota_inconsistent_seen_at=record.get("inconsistent_seen_at"),
+            quota_rescan_error=record.get("rescan_error"),
+            nested_subvolumes=nested,
+        )
+        return info
 
     def usage(self, path: Path) -> int | None:
         """Bytes referenced by the subvolume (from its qgroup), or None when unknown."""

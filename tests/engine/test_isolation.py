@@ -24,7 +24,8 @@ def test_root_inside_is_not_root_on_the_host(engine, tiny_ve):
     pid = engine.lxc.init_pid(tiny_ve)
     with open(f"/proc/{pid}/status") as f:
         uid_line = next(line for line in f if line.startswith("Uid:"))
-    assert uid_line.split()[1] == str(engine.layout.idmap[0])
+    assert uid_line.split()[1] == str(engine.host_root_uid(engine.config(tiny_ve)))  # its own range
+    assert uid_line.split()[1] not in ("0", str(engine.layout.idmap[0]))  # not the shared map of old
     assert engine.exec(tiny_ve, "id -u").stdout.strip() == "0"
 
 

@@ -243,11 +243,28 @@ def pool_command(eng, args) -> int:
         size = eng.storage.grow(args.size)
         print(f"pool grown to {validate.human_size(size)}")
     else:
-        st = os.statvfs(eng.layout.pool)
-        total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-        print(f"backend {eng.storage.kind}, at {eng.layout.pool}")
-        print(f"size {validate.human_size(total)}, free {validate.human_size(free)}")
+        info = eng.storage.pool_info()
+        print(f"backend {info['backend']}, at {info['path']}")
+        print(f"size {validate.human_size(info['size_bytes'])}, free {validate.human_size(info['free_bytes'])}")
+        print_quota_info(info)
     return 0
+
+
+def print_quota_info(info: dict) -> None:
+    if not info["quota_enabled"]:
+        print(f"quota: off ({info['quota_problem']})")
+    else:
+        state = "consistent" if info["quota_consistent"] is not False else "INCONSISTENT"
+        print(f"quota: on, {state}, " + ("enforced" if info["quota_enforced"] else "NOT ENFORCED"))
+    if info["quota_inconsistent_seen_at"]:
+        print(f"quota last found inconsistent at {info['quota_inconsistent_seen_at']}, rescanned at "
+              f"{info['quota_rescanned_at']} in {info['quota_rescan_seconds']:g} s"
+              + (f": {info['quota_rescan_error']}" if info["quota_rescan_error"] else ""))
+    for sub in info["nested_subvolumes"]:
+        size = validate.human_size(sub["referenced_bytes"]) if sub["referenced_bytes"] is not None else "?"
+        print(f"nested subvolume {sub['path']} ({size}): outside every VE's quota")
+    if info["quota_enabled"] and info["quota_problem"]:
+        print(f"warning: {info['quota_problem']}")
 
 
 if __name__ == "__main__":
