@@ -119,6 +119,7 @@ def panel_env(redis_url, panel_state, test_db_path, **extra) -> dict:
         REDIS_URL=redis_url,
         DATABASE_URL=f"sqlite:///{test_db_path}",
         VZPANEL_SECRET_KEY="test-secret-key-for-the-panel-tests-only",
+        VZPANEL_2FA_REQUIRED_ROLES="",  # test_signin.py covers enforced two-factor sign-in
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
@@ -136,15 +137,20 @@ def engine_root(request):
 
 
 def start_agent(redis_url, panel_state, test_db_path, **env):
-    """Start a real node agent: `manage.py rqworker node:<name>` on the private Redis and test DB."""
+    """Start a real node: the task worker (`manage.py rqworker node:<name>`, on the private Redis and the test
+    database) and the node agent (`python -m vzpanel.agent`, root, Redis only). Return the worker's process,
+    with the agent's as its ``agent`` attribute."""
     from django.conf import settings
 
     log = open(panel_state / "agent.log", "ab")  # noqa: SIM115 - closed by stop_agent
+    environ = panel_env(redis_url, panel_state, test_db_path, **env)
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "manage.py"), "rqworker", f"node:{settings.VZPANEL_NODE}"],
-        cwd=REPO,
-        env=panel_env(redis_url, panel_state, test_db_path, **env),
-        stdout=log,
+        cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT,
+    )
+    proc.agent = subprocess.Popen(
+        [sys.executable, "-m", "vzpanel.agent", "--node", settings.VZPANEL_NODE, "--threads", "6"],
+        cwd=REPO, env={k: v for k, v in environ.items() if k not in ("DATABASE_URL",)}, stdout=log,
         stderr=subprocess.STDOUT,
     )
     proc.log_file = log
@@ -153,7 +159,23 @@ def start_agent(redis_url, panel_state, test_db_path, **env):
 
 def stop_agent(proc):
     stop_process(proc, timeout=30)
+    stop_process(proc.agent, timeout=30)
     proc.log_file.close()
+
+
+@pytest.fixture
+def root_agent(redis_url, panel_state, engine_root):
+    """Only the node agent (the door to root), for panel code a test runs in-process (reconcile, tick)."""
+    from django.conf import settings
+
+    log = open(panel_state / "root-agent.log", "ab")  # noqa: SIM115 - closed below
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "DATABASE_URL"}
+    env.update(REDIS_URL=redis_url, VZ_ROOT=str(engine_root), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "vzpanel.agent", "--node", settings.VZPANEL_NODE], cwd=REPO,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    yield proc
+    stop_process(proc, timeout=30)
+    log.close()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""The run command: one `manage.py serve` starts Redis, the web server (unprivileged) and the node agent,
-creates the admin once, and stops all of them on SIGTERM."""
+"""`manage.py serve` details the README's run command relies on (test_run_command.py runs the command itself):
+the console daemon it starts answers on the channel layer and is stopped by pid; a web user that cannot run the
+code is refused before anything stays running."""
 
 import os
 import pwd
@@ -10,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -65,46 +65,6 @@ def read_until(proc, pattern, timeout=60) -> str:
     raise AssertionError(f"no {pattern!r} in serve's output:\n{''.join(seen)}")
 
 
-def test_it_serves_the_panel_and_stops_everything(state_dir):
-    if reason := web_user_can_run_python():
-        pytest.skip(f"the web user cannot run this Python ({reason}); see vzpanel/NOTES.md")
-    port = free_port()
-    proc = serve(state_dir, port, VZPANEL_AGENT_WORKERS="2")
-    try:
-        out = read_until(proc, r"up at http://127\.0\.0\.1:\d+/")
-        assert "created admin 'root-admin'" in out
-        children = psutil.Process(proc.pid).children(recursive=True)
-        users = {c.name(): c.username() for c in children}
-        assert "redis-server" in users
-        web = [c for c in children if "daphne" in " ".join(c.cmdline())]
-        # serve's own children: a worker's work-horse (a fork running a job) has the same command line
-        agent = [c for c in psutil.Process(proc.pid).children() if "rqworker" in " ".join(c.cmdline())]
-        console = [c for c in children if "consoled" in " ".join(c.cmdline())]
-        assert web and web[0].username() == "vzpanel"  # the web process is unprivileged
-        assert len(agent) == 2 and {a.username() for a in agent} == {"root"}  # VZPANEL_AGENT_WORKERS=2
-        assert console and console[0].username() == "root"  # it attaches to VEs
-        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=10).read().decode()
-        assert "Log in" in page
-        css = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/vendor/bootstrap/bootstrap.min.css", timeout=10)
-        assert css.status == 200
-        assert (state_dir / "db.sqlite3").stat().st_uid == pwd.getpwnam("vzpanel").pw_uid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-    assert proc.returncode == 0
-    for child in children:
-        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
-
-    # A second run keeps the admin and its password.
-    proc = serve(state_dir, free_port())
-    try:
-        out = read_until(proc, r"up at http")
-        assert "admin root-admin exists already (password unchanged)" in out
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-
-
 def test_it_refuses_to_start_when_the_web_user_cannot_run_the_code(state_dir):
     reason = web_user_can_run_python()
     if reason is None:
@@ -113,7 +73,7 @@ def test_it_refuses_to_start_when_the_web_user_cannot_run_the_code(state_dir):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0
     assert "cannot run" in out and "readable to that user" in out
-    assert not (state_dir / "run" / "redis.sock").exists()  # the Redis it had started was stopped
+    assert not (state_dir / "run" / "redis" / "redis.sock").exists()  # the Redis it had started was stopped
 
 
 def test_it_starts_the_console_daemon_and_stops_it_by_pid(state_dir):
@@ -128,7 +88,9 @@ def test_it_starts_the_console_daemon_and_stops_it_by_pid(state_dir):
         children = psutil.Process(proc.pid).children(recursive=True)
         console = [c for c in children if "consoled" in " ".join(c.cmdline())]
         assert len(console) == 1 and console[0].username() == "root"
-        layer = RedisChannelLayer(hosts=[{"address": f"unix://{state_dir / 'run' / 'redis.sock'}"}])
+        password = (state_dir / "secrets" / "redis-panel").read_text().strip()
+        sock = state_dir / "run" / "redis" / "redis.sock"
+        layer = RedisChannelLayer(hosts=[{"address": f"unix://panel:{password}@{sock}"}])
 
         async def ping():
             reply = await layer.new_channel()

@@ -126,11 +126,10 @@ def test_a_class_operation_whose_agent_died_is_closed_with_retry(client_for, tea
 
 
 @pytest.mark.root
-def test_reconcile_sweeps_and_rereads_the_ves_state(engine_root, owner, node, monkeypatch):
+def test_reconcile_sweeps_and_rereads_the_ves_state(root_agent, engine_root, owner, node):
     from vzengine import Engine
     from vzpanel.nodes.reconcile import reconcile_node
 
-    monkeypatch.setenv("VZ_ROOT", str(engine_root))
     eng = Engine(engine_root)
     ctid = 150 + os.getpid() % 50
     try:

@@ -63,10 +63,9 @@ def test_an_engine_refusal_fails_the_task_in_plain_words(node_agent, engine_root
     assert ghost.status == "missing"
 
 
-def test_reconcile_adopts_unknown_ves_and_marks_vanished_ones(engine_root, owner, node, monkeypatch):
+def test_reconcile_adopts_unknown_ves_and_marks_vanished_ones(root_agent, engine_root, owner, node):
     from vzengine import Engine
 
-    monkeypatch.setenv("VZ_ROOT", str(engine_root))
     engine = Engine(engine_root)
     vanished = make_ve(owner, node, 991, status="running")
     engine.create(992, "tiny", hostname="cli-made")

@@ -22,5 +22,22 @@ def ssh_host() -> str:
     return os.environ.get("VZPANEL_SSH_HOST", "")
 
 
+def host_address() -> str:
+    """The host's first IPv4 address that is not loopback, link-local or on a VE link (vz*), or ""."""
+    import ipaddress
+
+    import psutil
+
+    for name, addrs in sorted(psutil.net_if_addrs().items()):
+        if name.startswith("vz") or name == "lo":
+            continue
+        for a in addrs:
+            if a.family.name == "AF_INET":
+                ip = ipaddress.ip_address(a.address)
+                if not (ip.is_loopback or ip.is_link_local):
+                    return a.address
+    return ""
+
+
 def idle_cpu() -> float:
     return float(os.environ.get("VZPANEL_IDLE_CPU", "0.02"))

@@ -1,8 +1,8 @@
-"""The classroom's work in the node agent (root): bulk tasks, the golden image, the schedule and idle policy.
+"""The classroom's work in the task worker: bulk tasks, the golden image, the schedule and idle policy.
 
-Like vzpanel.tasks.jobs, this is agent-side code: the web process never imports the engine. A bulk job
-runs many child tasks, several at once (VZPANEL_CLASS_PARALLEL threads, each with its own engine and
-database connection): creating and starting a VE is mostly waiting on lxc-start and the kernel, so a
+Like vzpanel.tasks.jobs, this runs in the unprivileged task worker and reaches the engine only through the
+node agent (vzpanel.agent). A bulk job runs many child tasks, several at once (VZPANEL_CLASS_PARALLEL
+threads, each with its own database connection; the agent runs their requests at once too): creating and starting a VE is mostly waiting on lxc-start and the kernel, so a
 class of 100 is ready in seconds rather than minutes, while each child keeps its own row, claim and
 outcome exactly as a single task does (vzpanel.tasks.runner).
 """
@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import re
 import threading
 import time
 import traceback
 from datetime import timedelta
-from pathlib import Path
 
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Count, F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from vzpanel.agent.errors import AgentError, AlreadyExists, Unsupported
 from vzpanel.nodes.models import Node, Template
 from vzpanel.tasks import jobs as task_jobs
 from vzpanel.tasks.errors import TaskFailed
@@ -37,20 +36,7 @@ from . import conf, services
 from .models import Course, LabSession, Membership
 
 log = logging.getLogger(__name__)
-_local = threading.local()
 _port_lock = threading.Lock()
-
-
-def engine():
-    """This thread's engine (the engine's objects are not shared between threads)."""
-    eng = getattr(_local, "engine", None)
-    if eng is None:
-        eng = _local.engine = task_jobs.engine()
-    return eng
-
-
-def engine_params(eng) -> set[str]:
-    return {p for feature in eng.features for p in feature.params}
 
 
 class BufferedProgress:
@@ -147,7 +133,7 @@ def run_child(task_id: int) -> str:
     progress = BufferedProgress(task)
     try:
         handler = HANDLERS[task.action]
-        result = handler(task, progress, engine())
+        result = handler(task, progress, task_jobs.engine(task.node.name))
     except expected_errors() as exc:
         progress.flush()
         task_jobs.after_failure(task)
@@ -220,12 +206,6 @@ def set_awake(task: Task, **extra) -> None:
         asleep="", asleep_how="", activity_at=timezone.now(), **extra)
 
 
-def limit_params(eng, limits: dict) -> dict:
-    """Engine keyword arguments for a plan's per-VE limits (those this engine can apply)."""
-    known = engine_params(eng)
-    return {k: v for k, v in task_jobs.engine_limits(limits or {}).items() if k in known}
-
-
 def _next_port(task: Task, taken: int) -> int:
     """Move the student's SSH forward to the next free port (the host refused the one they had)."""
     first, last = conf.ssh_ports()
@@ -246,14 +226,8 @@ def _next_port(task: Task, taken: int) -> int:
 def do_provision(task: Task, progress, eng) -> dict:
     """Build the student's VE from the golden image, open its SSH port and start it."""
     ve, p = task.ve, task.params
-    kwargs = limit_params(eng, p.get("limits") or {})
+    kwargs = task_jobs.engine_limits(p.get("limits") or {})
     port = p.get("ssh_port")
-    if port and not {"ipadd", "portfwd"} <= engine_params(eng):
-        progress(None, "this node's engine has no port forwards yet: the VE gets no SSH access")
-        Membership.objects.filter(pk=p.get("membership")).update(ssh_port=None)
-        port = None
-    from vzengine import AlreadyExists
-
     for attempt in range(20):
         net = {"ipadd": ["auto"], "portfwd": [f"tcp:{port}:22"]} if port else {}
         try:
@@ -265,8 +239,8 @@ def do_provision(task: Task, progress, eng) -> dict:
             task_jobs.mark_destroyed(ve)
             raise TaskFailed(f"{exc.message} on the node, made outside the panel; a retry builds this student's "
                              "VE under another id") from None
-        except expected_errors() as exc:
-            message = getattr(exc, "message", str(exc))
+        except AgentError as exc:
+            message = exc.message
             if not port or "host port" not in message or attempt == 19:
                 raise
             port = _next_port(task, port)
@@ -322,10 +296,8 @@ def do_stop(task: Task, progress, eng) -> dict:
 
 def do_suspend(task: Task, progress, eng) -> dict:
     """Suspend with CRIU where the VE can be checkpointed, else stop it (and say why)."""
-    from vzengine import Unsupported
-
     ctid = task.ve.ctid
-    if interactive_sessions(eng, ctid):
+    if eng.sessions([ctid]).get(ctid):
         close_consoles(task, progress)
     try:
         result = eng.suspend(ctid, progress=progress)
@@ -368,7 +340,7 @@ def do_archive(task: Task, progress, eng) -> dict:
     path = None
     if task.params.get("backup", True):
         result = eng.backup(ve.ctid, progress=progress)  # from a snapshot when it runs
-        path = str(getattr(result, "path", result))
+        path = result.path
     if eng.is_running(ve.ctid):
         eng.stop(ve.ctid, fast=True, progress=progress)  # it is being removed: no clean shutdown to wait for
     eng.destroy(ve.ctid, progress=progress)
@@ -379,15 +351,12 @@ def do_archive(task: Task, progress, eng) -> dict:
 
 def do_save_image(task: Task, progress, eng) -> dict:
     """Freeze the teacher's VE as the course's next golden image (a template on this node)."""
-    from vzengine.templates import save_ve
-
     p = task.params
     course = Course.objects.get(pk=p["course"])
     version = int(re.search(r"-v(\d+)$", p["name"]).group(1))
-    meta = save_ve(eng, task.ve.ctid, p["name"], description=f"{course.name}: golden image {version}",
-                   replace=True, progress=progress)
-    Template.objects.update_or_create(node=task.node, name=p["name"],
-                                      defaults={"description": meta.get("description", "")[:200], "built": True})
+    meta = eng.template_save(task.ve.ctid, p["name"], description=f"{course.name}: golden image {version}",
+                             replace=True, progress=progress)
+    Template.for_course(course, p["name"], description=meta.get("description", ""))
     Course.objects.filter(pk=course.pk).update(ostemplate=p["name"], image_kind=Course.ImageKind.VE, image_ve=task.ve,
                                                image_version=version, image_updated_at=timezone.now())
     out = {"template": p["name"], "version": version}
@@ -455,7 +424,7 @@ def student_removed(parent: Task, latest: list[Task]) -> None:
 
 
 def remove_course_images(course: Course) -> None:
-    eng = engine()
+    eng = task_jobs.engine(course.node.name)
     prefix = f"course{course.pk}-v"
     names = [n for n in Template.objects.filter(node=course.node, name__startswith=prefix).values_list("name", flat=True)]
     in_use = set(VE.objects.live().filter(ostemplate__in=names).values_list("ostemplate", flat=True))
@@ -463,7 +432,7 @@ def remove_course_images(course: Course) -> None:
         if name in in_use:
             continue
         with contextlib.suppress(Exception):
-            eng.templates.remove(name)
+            eng.template_remove(name)
         Template.objects.filter(node=course.node, name=name).delete()
 
 
@@ -472,38 +441,13 @@ PARENT_DONE = {services.PARENT[services.ARCHIVE]: course_ended, services.REMOVE_
 
 # --- the classroom tick: usage, lab schedule, idle policy ------------------------------------------
 
-def interactive_sessions(eng, ctid: int) -> int:
-    """Sessions in a VE that someone is using: a terminal (SSH login, console) or an attach from the host."""
-    from vzengine import cgroups
-
-    rel = eng.layout.cgroup_dir(ctid)
-    top = cgroups.path("pids", rel) or cgroups.path("memory", rel)
-    if top is None or not top.is_dir():
-        return 0
-    sessions = set()
-    for dirpath, _dirs, files in os.walk(top):
-        if "cgroup.procs" not in files:
-            continue
-        with contextlib.suppress(OSError):
-            for pid in Path(dirpath, "cgroup.procs").read_text().split():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    session, tty = int(fields[3]), int(fields[4])
-                    status = Path(f"/proc/{pid}/status").read_text()
-                    nssid = re.search(r"^NSsid:\s*(.*)$", status, re.M)
-                    outside = nssid is not None and nssid.group(1).split()[-1] == "0"
-                    if tty or outside:
-                        sessions.add(session)
-    return len(sessions)
-
-
-def sample(m: Membership, info, now, eng) -> None:
+def sample(m: Membership, info, now, sessions: int) -> None:
     """Store what the node reports about m's VE, and whether it was used since the last look."""
     usage = ((info.extra or {}).get("resources") or {}).get("usage") or {}
     running = info.status == "running"
     cpu = usage.get("cpu_seconds")
     before = m.usage or {}
-    sessions = interactive_sessions(eng, info.ctid) if running else 0
+    sessions = sessions if running else 0
     if running:
         rate = None
         if before.get("running") and m.sampled_at and cpu is not None and (before.get("cpu_seconds") or 0) <= cpu:
@@ -524,11 +468,11 @@ def sample(m: Membership, info, now, eng) -> None:
 def tick(node_name: str | None = None, now=None) -> dict:
     """Sample every class VE of this node, run the lab schedule and the idle policy; return counts.
 
-    Runs in the node agent (queued every minute or so, like reconcile) or from `manage.py classroom_tick`.
+    Runs in the task worker (queued every 30 s or so, like reconcile) or from `manage.py classroom_tick`.
     """
     node = Node.local() if node_name is None else Node.objects.get_or_create(name=node_name)[0]
     now = now or timezone.now()
-    eng = task_jobs.engine()
+    eng = task_jobs.engine(node.name)
     counts = {"sampled": 0, "session_start": 0, "session_end": 0, "idle": 0, "closed": 0}
     courses = []
     today = timezone.localdate(now)
@@ -546,12 +490,12 @@ def tick(node_name: str | None = None, now=None) -> dict:
                    .exclude(ve__status=VE.Status.DESTROYED).select_related("ve", "course", "user"))
     busy = set(Task.objects.filter(status__in=Task.ACTIVE, ve_id__in=[m.ve_id for m in members])
                .values_list("ve_id", flat=True))
+    todo = [m for m in members if m.ve.ctid in infos and m.ve_id not in busy]
+    running = [m.ve.ctid for m in todo if infos[m.ve.ctid].status == "running"]
+    sessions = eng.sessions(running) if running else {}  # one request for the whole node
     sampled = []
-    for m in members:
-        info = infos.get(m.ve.ctid)
-        if info is None or m.ve_id in busy:
-            continue
-        sample(m, info, now, eng)
+    for m in todo:
+        sample(m, infos[m.ve.ctid], now, sessions.get(m.ve.ctid, 0))
         sampled.append(m)
     Membership.objects.bulk_update(sampled, ["usage", "sampled_at", "activity_at", "asleep", "asleep_how"])
     counts["sampled"] = len(sampled)

@@ -1,4 +1,4 @@
-"""Bring the panel's view of a node in step with its engine (runs in the node agent)."""
+"""Bring the panel's view of a node in step with its engine (runs in the task worker, asks the agent)."""
 
 import logging
 
@@ -17,11 +17,12 @@ log = logging.getLogger(__name__)
 def reconcile_node(node_name: str) -> dict:
     """Sync templates, VE states, addresses and usage of node_name from its engine; return counts."""
     node, _ = Node.objects.get_or_create(name=node_name)
-    eng = engine()
+    eng = engine(node.name)
     counts = {"updated": 0, "adopted": 0, "missing": 0, "released": 0}
     counts["swept"] = sweep_dead_tasks(node)
     sync_templates(node, eng)
-    reported = {info.ctid: info for info in eng.list()}
+    counts["refused"] = record_refusals(node)
+    reported = {info.ctid: info for info in eng.list(usage=True)}
     counts.update(after_reconcile(node, eng, reported))  # snapshots made outside the panel, daily backups
     busy = set(Task.objects.active().filter(node=node).values_list("ve_id", flat=True))
     for ve in VE.objects.live().filter(node=node):
@@ -42,7 +43,7 @@ def reconcile_node(node_name: str) -> dict:
             continue
         old = ve.status
         changed = ve.apply_info(info)
-        changed += update_usage(ve, eng)
+        changed += update_usage(ve, info)
         if changed:
             ve.save(update_fields=[*changed, "updated_at"])
             if "status" in changed:
@@ -75,8 +76,7 @@ def sweep_dead_tasks(node: Node) -> int:
 
 def sync_templates(node: Node, eng) -> None:
     try:
-        store = eng.templates
-        templates = store() if callable(store) else store.list()
+        templates = eng.templates()
     except Exception:
         log.warning("could not list templates on %s", node.name, exc_info=True)
         return
@@ -89,19 +89,37 @@ def sync_templates(node: Node, eng) -> None:
     Template.objects.filter(node=node).exclude(name__in=names).delete()
 
 
-def update_usage(ve: VE, eng) -> list[str]:
-    """Store ve's current usage if the engine can report it; return the changed fields."""
-    usage_of = getattr(eng, "usage", None)
-    if usage_of is None or ve.status != VE.Status.RUNNING:
+def update_usage(ve: VE, info) -> list[str]:
+    """Store ve's current usage as the agent reported it with the node's list; return the changed fields."""
+    if ve.status != VE.Status.RUNNING or info.usage is None:
         if ve.usage:
             ve.usage = {}
             return ["usage"]
         return []
-    try:
-        usage = usage_of(ve.ctid)
-    except Exception:
-        log.info("no usage for VE %s", ve.ctid, exc_info=True)
-        return []
-    ve.usage = dict(usage or {})
+    ve.usage = dict(info.usage)
     ve.usage_at = timezone.now()
     return ["usage", "usage_at"]
+
+
+def record_refusals(node: Node) -> int:
+    """Copy the requests node's agent refused (vzpanel.agent) into the audit log; return how many."""
+    import json
+
+    from vzpanel.agent import protocol
+    from vzpanel.tasks.queue import get_redis
+
+    key = protocol.refused_key(node.name)
+    r = get_redis()
+    pipe = r.pipeline()
+    pipe.lrange(key, 0, -1)
+    pipe.delete(key)
+    raw, _ = pipe.execute()
+    for item in raw:
+        try:
+            rec = json.loads(item)
+        except ValueError:
+            continue
+        audit.record("agent.refused", result="refused", detail=(
+            f"node {node.name} refused {str(rec.get('op'))[:60]} from {str(rec.get('sender'))[:200]!r}: "
+            f"{str(rec.get('why'))[:500]}"))
+    return len(raw)

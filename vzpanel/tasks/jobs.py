@@ -1,17 +1,19 @@
-"""What each task action does on the node: the only place the panel calls the engine.
+"""What each task action does: the task worker's handlers, which reach the node's engine through its agent.
 
-These run inside the node agent (root); the web process never calls them.
+These run in the task worker (the unprivileged web user, like the web server); every engine call is a request
+to the node agent (vzpanel.agent), the one door to root, which validates it again.
 """
 
 import datetime
 import logging
 import os
-from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from vzpanel.agent.client import RemoteEngine, connect
+from vzpanel.agent.errors import AgentError, NotFound
 from vzpanel.ves.models import VE, Backup, Snapshot
 
 from .errors import TaskFailed
@@ -21,19 +23,9 @@ from .queue import publish
 log = logging.getLogger(__name__)
 
 
-def engine():
-    """Return the node's engine (root from $VZ_ROOT); the agent waits a while for a VE's lock."""
-    from vzengine import Engine
-
-    return Engine(lock_wait=60)
-
-
-def engine_method(eng, name: str):
-    """Return eng.<name>, or fail the task in plain words if this engine lacks it."""
-    method = getattr(eng, name, None)
-    if method is None:
-        raise TaskFailed(f"This node's engine cannot {name.replace('_', ' ')} VEs yet.")
-    return method
+def engine(node_name: str) -> RemoteEngine:
+    """Return the engine of the named node, reached through its agent."""
+    return RemoteEngine(node_name, connect(settings.REDIS_URL))
 
 
 def save_info(ve: VE, info) -> None:
@@ -86,14 +78,12 @@ def do_create(task, progress, eng, root_password=None):
 
 def do_start(task, progress, eng):
     """Start the VE; a suspended one is resumed with its processes (booted afresh only if that fails)."""
-    from vzengine import VZError
-
     ctid = task.ve.ctid
     if eng.is_suspended(ctid):
         try:
             eng.resume(ctid, progress=progress)
             return eng.status(ctid)
-        except VZError as exc:
+        except AgentError as exc:
             progress(50, f"VE {ctid} could not be resumed ({exc.message}); booting it afresh instead")
     return eng.start(ctid, progress=progress)
 
@@ -107,13 +97,10 @@ def do_restart(task, progress, eng):
 
 
 def do_reinstall(task, progress, eng, root_password=None):
-    info = engine_method(eng, "reinstall")(
-        task.ve.ctid, ostemplate=task.params.get("ostemplate") or None, progress=progress
-    )
+    info = eng.reinstall(task.ve.ctid, ostemplate=task.params.get("ostemplate") or None, progress=progress)
     if root_password:
         info = eng.set(task.ve.ctid, userpasswd=root_passwd(root_password), progress=progress)
-    if getattr(eng, "snapshot_list", None):
-        sync_snapshots(task.ve, eng)  # the engine keeps the old root as snapshot before-reinstall-<time>
+    sync_snapshots(task.ve, eng)  # the engine keeps the old root as snapshot before-reinstall-<time>
     return info
 
 
@@ -132,7 +119,7 @@ def do_set_limits(task, progress, eng):
     ve, limits = task.ve, task.params.get("limits")
     if not isinstance(limits, dict) or not limits:
         raise TaskFailed("The task names no limits to set.")
-    if getattr(eng, "is_suspended", None) and eng.is_suspended(ve.ctid):
+    if eng.is_suspended(ve.ctid):
         raise TaskFailed(f"VE {ve.ctid} is suspended; its limits can be changed once it runs again.")
     params = engine_limits(limits)
     progress(10, "Setting " + ", ".join(f"{name} {value}" for name, value in params.items()))
@@ -152,7 +139,7 @@ def do_destroy(task, progress, eng):
         for backup in ve.backups.kept():
             if in_use(backup, progress):
                 continue
-            remove_backup(backup, "with its VE")
+            remove_backup(eng, backup, "with its VE")
             deleted.append(backup.pk)
         if deleted:
             progress(100, f"Deleted {len(deleted)} backup(s) of VE {ve.ctid}")
@@ -211,16 +198,9 @@ def do_snapshot_delete(task, progress, eng):
     return {"deleted": name}
 
 
-def backup_dir():
-    """Where this node writes backups: VZPANEL_BACKUP_DIR, else the engine's <root>/backups."""
-    return settings.BACKUP_DIR or None
-
-
-def remove_backup(backup: Backup, why: str) -> None:
-    """Delete a backup's archive from this node (only one of ours: a .tar.zst file) and mark its row deleted."""
-    path = Path(backup.path)
-    if path.name.endswith(".tar.zst") and not path.is_symlink():
-        path.unlink(missing_ok=True)
+def remove_backup(eng, backup: Backup, why: str) -> None:
+    """Delete a backup's archive from its node (the agent finds it by file name) and mark its row deleted."""
+    eng.backup_delete(backup.file_name)
     backup.deleted_at = timezone.now()
     backup.deleted_why = why[:200]
     backup.save(update_fields=["deleted_at", "deleted_why"])
@@ -236,7 +216,7 @@ def in_use(backup: Backup, progress) -> bool:
     return task is not None
 
 
-def rotate_backups(ve: VE, progress) -> list[int]:
+def rotate_backups(eng, ve: VE, progress) -> list[int]:
     """Remove ve's oldest backups beyond its owner's plan's max_backups (the newest one always stays)."""
     plan = ve.owner.plan if ve.owner_id and ve.owner is not None else None
     if plan is None:
@@ -246,7 +226,7 @@ def rotate_backups(ve: VE, progress) -> list[int]:
     for old in ve.backups.kept().order_by("-created_at", "-id")[keep:]:
         if in_use(old, progress):
             continue
-        remove_backup(old, f"rotated out: plan {plan.name} keeps {keep}")
+        remove_backup(eng, old, f"rotated out: plan {plan.name} keeps {keep}")
         removed.append(old.pk)
         progress(None, f"Removed the oldest backup ({old.file_name}, {old.created_at:%Y-%m-%d %H:%M}): "
                        f"plan {plan.name} keeps {keep} per VE")
@@ -255,42 +235,34 @@ def rotate_backups(ve: VE, progress) -> list[int]:
 
 def do_backup(task, progress, eng):
     """Back the VE up (from a snapshot while it runs), verify the archive, record it, rotate the oldest out."""
-    from vzengine import VZError
-
     ve = task.ve
-    written = eng.backup(ve.ctid, backup_dir(), progress=lambda p, m: progress(p * 3 // 4, m))
-    try:
-        manifest = eng.backup_verify(written.path, progress=lambda p, m: progress(75 + p // 5, m))
-    except VZError as exc:
-        Path(written.path).unlink(missing_ok=True)
-        raise TaskFailed(f"The backup was written but did not verify ({exc}); it was removed.") from None
+    written = eng.backup(ve.ctid, progress=progress)  # verified by the agent; one that fails is removed
+    manifest = written.manifest or {}
     backup = Backup.objects.create(
-        ve=ve, node=task.node, ctid=ve.ctid, path=str(written.path), size_bytes=written.size,
+        ve=ve, node=task.node, ctid=ve.ctid, path=written.path, size_bytes=written.size,
         files=manifest.get("files"), data_bytes=manifest.get("bytes"), sha256=manifest.get("sha256", ""),
         created_at=engine_time(manifest.get("created")) or timezone.now(), verified_at=timezone.now(),
         automatic=bool(task.params.get("automatic")), task=task,
     )
-    rotated = rotate_backups(ve, progress)
+    rotated = rotate_backups(eng, ve, progress)
     return {"backup": backup.pk, "size": backup.size_bytes, "verified": True, "rotated": rotated}
 
 
 def do_restore(task, progress, eng):
     """Put a backup of the VE back over it (stopped and started again if it runs), then its panel limits."""
-    from vzengine import VZError
-
     ve = task.ve
     backup = Backup.objects.kept().filter(pk=task.params.get("backup"), ve=ve).first()
     if backup is None:
         raise TaskFailed(f"Backup {task.params.get('backup')} of VE {ve.ctid} is gone.")
-    if not Path(backup.path).is_file():
+    if not eng.backup_exists(backup.file_name):
         raise TaskFailed(f"The file of backup {backup.pk} ({backup.file_name}) is no longer on node {task.node.name}.")
-    info = eng.restore(backup.path, ve.ctid, force=True, progress=progress)
+    info = eng.restore(backup.file_name, ve.ctid, force=True, progress=progress)
     Backup.objects.filter(pk=backup.pk).update(verified_at=timezone.now())  # a restore checks every checksum
     if ve.limits:  # the archive holds the config of its day; the panel's limits are the ones in effect
         try:
             info = eng.set(ve.ctid, save=True, **engine_limits(ve.limits))
-        except VZError as exc:
-            progress(None, f"Restored, but the VE's limits could not be set again: {exc}")
+        except AgentError as exc:
+            progress(None, f"Restored, but the VE's limits could not be set again: {exc.message}")
     save_info(ve, info)
     sync_snapshots(ve, eng)
     return {"backup": backup.pk, **info.to_dict()}
@@ -306,14 +278,12 @@ def do_restore_new(task, progress, eng):
     Anything failing before the VE is complete removes it again (nothing stays behind); a failed start leaves
     it stopped.
     """
-    from vzengine import VZError
-
     ve, params = task.ve, task.params
     backup = Backup.objects.kept().filter(pk=params.get("backup")).select_related("ve").first()
     try:
         if backup is None:
             raise TaskFailed(f"Backup {params.get('backup')} was deleted meanwhile; nothing was restored.")
-        if not Path(backup.path).is_file():
+        if not eng.backup_exists(backup.file_name):
             raise TaskFailed(f"The file of backup {backup.pk} ({backup.file_name}) is no longer on node "
                              f"{task.node.name}; nothing was restored.")
         if eng.exists(ve.ctid):
@@ -324,7 +294,7 @@ def do_restore_new(task, progress, eng):
         raise
     made = False
     try:
-        info = eng.restore(backup.path, ve.ctid, progress=lambda p, m: progress(p * 7 // 10, m))
+        info = eng.restore(backup.file_name, ve.ctid, progress=lambda p, m: progress(p * 7 // 10, m))
         made = True
         Backup.objects.filter(pk=backup.pk).update(verified_at=timezone.now())  # a restore checks every checksum
         hostname = params.get("hostname") or f"ve{ve.ctid}"
@@ -337,7 +307,7 @@ def do_restore_new(task, progress, eng):
             progress(90, "Setting the limits of the owner's plan")
             try:
                 info = eng.set(ve.ctid, save=True, **engine_limits(ve.limits))
-            except VZError as exc:
+            except AgentError as exc:
                 raise TaskFailed(f"The restored VE does not fit its owner's plan ({exc.message}); it was removed "
                                  "again.") from None
     except BaseException:
@@ -361,14 +331,12 @@ def give_addresses(eng, ctid: int, info, counts: dict, progress):
     """Give a restored VE its addresses: the ones it came back with if they are still free (claimed again through
     the engine's checks: other VEs, the host's routes), else, and for the rest, new ones from the pool: as many
     IPv4 and IPv6 addresses as counts says the source had."""
-    from vzengine import VZError
-
     kept = list(info.ip_addresses or [])
     if kept:  # restored under its own id: addresses and port forwards came back with the config
-        forwards = eng.config(ctid).get_list("PORTFWD")
+        forwards = eng.portfwd_list(ctid)
         try:
             info = eng.set(ctid, save=True, ipdel=["all"], ipadd=kept, portfwd_del=["all"], portfwd=forwards)
-        except VZError as exc:
+        except AgentError as exc:
             progress(None, f"Its old addresses cannot be taken back ({exc.message}): it gets new ones from the pool "
                            "(and no port forwards)")
             info = eng.set(ctid, save=True, ipdel=["all"], portfwd_del=["all"])
@@ -380,7 +348,7 @@ def give_addresses(eng, ctid: int, info, counts: dict, progress):
         progress(85, f"Taking {len(add)} address(es) from the pool")
         try:
             info = eng.set(ctid, save=True, ipadd=add)
-        except VZError as exc:
+        except AgentError as exc:
             raise TaskFailed(f"The restored VE could not get addresses: {exc.message}; it was removed again.") from None
     return info
 
@@ -389,7 +357,7 @@ def do_backup_delete(task, progress, eng):
     backup = Backup.objects.kept().filter(pk=task.params.get("backup"), ve=task.ve).first()
     if backup is None:
         raise TaskFailed(f"Backup {task.params.get('backup')} was already deleted.")
-    remove_backup(backup, f"deleted by {task.user.get_username() if task.user else 'the system'}")
+    remove_backup(eng, backup, f"deleted by {task.user.get_username() if task.user else 'the system'}")
     progress(100, f"Backup {backup.pk} ({backup.file_name}) deleted")
     return {"deleted": backup.pk}
 
@@ -421,7 +389,7 @@ SNAPSHOT_TASKS = (Task.Action.SNAPSHOT, Task.Action.SNAPSHOT_ROLLBACK, Task.Acti
 def run(task: Task, progress, **secrets):
     """Run task's action on the engine; return a JSON-able result."""
     handler = HANDLERS[task.action]  # an unknown action is a bug: KeyError makes the task errored
-    result = handler(task, progress, engine(), **secrets)
+    result = handler(task, progress, engine(task.node.name), **secrets)
     if hasattr(result, "to_dict"):  # a VEInfo
         save_info(task.ve, result)
         result = result.to_dict()
@@ -441,9 +409,7 @@ def after_failure(task: Task) -> None:
     if ve is None or not ve.is_live:
         return
     try:
-        from vzengine import NotFound
-
-        eng = engine()
+        eng = engine(task.node.name)
         try:
             save_info(ve, eng.status(ve.ctid))
             if task.action in SNAPSHOT_TASKS:  # e.g. a snapshot deleted outside the panel: show what is there
@@ -472,7 +438,7 @@ def after_reconcile(node, eng, reported: dict) -> dict:
     busy = set(Task.objects.active().filter(node=node).values_list("ve_id", flat=True))
     for ctid, pk in counts.items():
         on_node = (getattr(reported[ctid], "extra", None) or {}).get("snapshots", 0)
-        if pk in busy or on_node == have.get(pk, 0) or not getattr(eng, "snapshot_list", None):
+        if pk in busy or on_node == have.get(pk, 0):
             continue
         try:
             sync_snapshots(VE.objects.get(pk=pk), eng)

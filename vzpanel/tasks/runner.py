@@ -1,4 +1,4 @@
-"""Run a task in the node agent: claim it, run its job, end it completed, failed or errored."""
+"""Run a task in the task worker: claim it, run its job, end it completed, failed or errored."""
 
 import logging
 import traceback
@@ -7,6 +7,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from vzpanel.agent.errors import AgentError
 from vzpanel.audit import log as audit
 
 from .errors import TaskFailed
@@ -18,11 +19,7 @@ log = logging.getLogger(__name__)
 
 def expected_errors() -> tuple[type[Exception], ...]:
     """Return the exception types that mean 'failed, and here is why' rather than a bug."""
-    try:
-        from vzengine import VZError
-    except ImportError:
-        return (TaskFailed,)
-    return (TaskFailed, VZError)
+    return (TaskFailed, AgentError)
 
 
 class Progress:

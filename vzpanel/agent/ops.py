@@ -1,0 +1,425 @@
+"""The closed set of operations a node agent runs, each with its parameters' types and limits.
+
+This and `server` are the only panel modules that import vzengine. Every parameter is checked here (type,
+length, alphabet, range) before the engine sees it, and the engine validates its values again. No operation
+takes a host path: backups are found by file name inside the agent's own backup directory, templates and
+snapshots by validated name, VEs by CTID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vzengine import Engine, InvalidInput, NotFound, validate
+
+# --- parameter types ---------------------------------------------------------------------------------
+
+
+class Invalid(ValueError):
+    """A parameter is missing, unknown or of the wrong type or size."""
+
+
+@dataclass(frozen=True)
+class P:
+    """One parameter: a checker that returns the clean value or raises Invalid, and whether it is required."""
+
+    check: Callable
+    required: bool = False
+
+
+def integer(lo: int, hi: int) -> Callable:
+    def check(name, v):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise Invalid(f"{name} must be a whole number from {lo} to {hi}")
+        return v
+    return check
+
+
+def boolean(name, v):
+    if not isinstance(v, bool):
+        raise Invalid(f"{name} must be true or false")
+    return v
+
+
+def text(maxlen: int, pattern: str | None = None) -> Callable:
+    rx = re.compile(pattern) if pattern else None
+
+    def check(name, v):
+        if not isinstance(v, str) or len(v) > maxlen or "\x00" in v:
+            raise Invalid(f"{name} must be a string of at most {maxlen} characters")
+        if rx is not None and not rx.fullmatch(v):
+            raise Invalid(f"{name} {v[:60]!r} is not of the allowed form")
+        return v
+    return check
+
+
+def text_list(max_items: int, maxlen: int, pattern: str | None = None) -> Callable:
+    item = text(maxlen, pattern)
+
+    def check(name, v):
+        if not isinstance(v, list) or len(v) > max_items:
+            raise Invalid(f"{name} must be a list of at most {max_items} strings")
+        return [item(name, x) for x in v]
+    return check
+
+
+def scalar(maxlen: int = 32) -> Callable:
+    """A limit value: "512M", "2", 2: no spaces, no shell or config metacharacters."""
+    item = text(maxlen, r"[A-Za-z0-9.:_-]+")
+
+    def check(name, v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        return item(name, v)
+    return check
+
+
+def userpasswd(name, v):
+    if not isinstance(v, list) or not 1 <= len(v) <= 4:
+        raise Invalid(f"{name} must be a list of 1-4 [user, password] pairs")
+    out = []
+    for pair in v:
+        if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(x, str) for x in pair)
+                or len(pair[1]) > 256):
+            raise Invalid(f"{name} must hold [user, password] pairs of strings (passwords up to 256 characters)")
+        try:
+            validate.username(pair[0])  # a ':' in the name would move it into the password
+            validate.userpasswd(f"{pair[0]}:{pair[1]}")
+        except InvalidInput as exc:
+            raise Invalid(f"{name}: {exc.message}") from None
+        out.append((pair[0], pair[1]))
+    return out
+
+
+CTID = P(integer(validate.CTID_MIN, validate.CTID_MAX), required=True)
+NAME64 = text(64, r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+BACKUP_NAME = r"ve-[0-9]{1,10}-[0-9]{8}-[0-9]{6}(-[0-9]{1,4})?\.tar\.zst"
+ADDR = r"[0-9A-Za-z.:/_-]+"
+# Limits and addresses a panel task may set on a VE: what an admin can do through the panel, no more.
+VE_PARAMS = {
+    "hostname": P(text(253)),
+    "nameserver": P(text_list(8, 64, ADDR)),
+    "userpasswd": P(userpasswd),
+    "onboot": P(boolean),
+    "ram": P(scalar()), "swap": P(scalar()), "cpus": P(scalar()), "cpuunits": P(scalar()),
+    "cpulimit": P(scalar()), "numproc": P(scalar()), "diskspace": P(scalar()), "iolimit": P(scalar()),
+    "ipadd": P(text_list(64, 64, ADDR)),
+    "portfwd": P(text_list(64, 64, ADDR)),
+}
+SET_ONLY = {
+    "ipdel": P(text_list(64, 64, ADDR)),
+    "portfwd_del": P(text_list(64, 64, ADDR)),
+    "save": P(boolean),
+}
+
+
+# --- the registry ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    run: Callable
+    params: dict[str, P]
+    doc: str
+
+
+OPS: dict[str, Op] = {}
+
+
+def op(name: str, /, **params: P):
+    """Register fn as operation ``name`` taking exactly ``params``."""
+
+    def register(fn):
+        OPS[name] = Op(name, fn, params, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+        return fn
+    return register
+
+
+def check_params(o: Op, params: dict) -> dict:
+    """Return params cleaned by o's checkers; raise Invalid for unknown, missing or bad ones."""
+    unknown = sorted(set(params) - set(o.params))
+    if unknown:
+        raise Invalid(f"operation {o.name} takes no parameter {unknown[0][:40]!r}")
+    out = {}
+    for name, spec in o.params.items():
+        if name not in params or params[name] is None:
+            if spec.required:
+                raise Invalid(f"operation {o.name} needs parameter {name!r}")
+            continue
+        out[name] = spec.check(name, params[name])
+    return out
+
+
+class Context:
+    """What an operation runs with: the node's engine and where this agent keeps backups."""
+
+    def __init__(self, engine: Engine, backup_dir: Path, progress):
+        self.engine = engine
+        self.backup_dir = backup_dir
+        self.progress = progress
+
+
+def info(vi) -> dict:
+    return vi.to_dict()
+
+
+# --- VEs -----------------------------------------------------------------------------------------------
+
+@op("status", ctid=CTID)
+def _status(c: Context, ctid):
+    """Report one VE's state."""
+    return info(c.engine.status(ctid))
+
+
+@op("exists", ctid=CTID)
+def _exists(c: Context, ctid):
+    """Whether the node has VE ctid."""
+    return c.engine.exists(ctid)
+
+
+@op("is_suspended", ctid=CTID)
+def _is_suspended(c: Context, ctid):
+    """Whether VE ctid is suspended (saved with CRIU)."""
+    return c.engine.is_suspended(ctid)
+
+
+@op("usage", ctid=CTID)
+def _usage(c: Context, ctid):
+    """What VE ctid uses now."""
+    return c.engine.usage(ctid)
+
+
+@op("list", usage=P(boolean))
+def _list(c: Context, usage=False):
+    """Report every VE of the node, with the running ones' usage when asked (one pass over cgroups)."""
+    out = []
+    for vi in c.engine.list():
+        d = info(vi)
+        if usage and vi.status == "running":
+            with contextlib.suppress(Exception):
+                d["usage"] = c.engine.usage(vi.ctid)
+        out.append(d)
+    return out
+
+
+@op("create", ctid=CTID, ostemplate=P(text(64), required=True), **VE_PARAMS)
+def _create(c: Context, ctid, ostemplate, **params):
+    """Create VE ctid from a template."""
+    return info(c.engine.create(ctid, validate.template_name(ostemplate), progress=c.progress, **params))
+
+
+@op("start", ctid=CTID, wait_boot=P(boolean))
+def _start(c: Context, ctid, wait_boot=False):
+    """Start VE ctid."""
+    return info(c.engine.start(ctid, wait_boot=wait_boot, progress=c.progress))
+
+
+@op("stop", ctid=CTID, fast=P(boolean))
+def _stop(c: Context, ctid, fast=False):
+    """Stop VE ctid (cleanly, or at once with fast)."""
+    return info(c.engine.stop(ctid, fast=fast, progress=c.progress))
+
+
+@op("restart", ctid=CTID, wait_boot=P(boolean))
+def _restart(c: Context, ctid, wait_boot=False):
+    """Restart VE ctid."""
+    return info(c.engine.restart(ctid, wait_boot=wait_boot, progress=c.progress))
+
+
+@op("destroy", ctid=CTID)
+def _destroy(c: Context, ctid):
+    """Destroy VE ctid with its snapshots (its backups stay)."""
+    c.engine.destroy(ctid, progress=c.progress)
+
+
+@op("set", ctid=CTID, **VE_PARAMS, **SET_ONLY)
+def _set(c: Context, ctid, **params):
+    """Change VE ctid's settings and limits (live where it runs)."""
+    return info(c.engine.set(ctid, progress=c.progress, **params))
+
+
+@op("portfwd_list", ctid=CTID)
+def _portfwd_list(c: Context, ctid):
+    """The port forwards of VE ctid, as its config lists them."""
+    return c.engine.config(ctid).get_list("PORTFWD")
+
+
+@op("reinstall", ctid=CTID, ostemplate=P(text(64)), snapshot=P(boolean))
+def _reinstall(c: Context, ctid, ostemplate=None, snapshot=True):
+    """Give VE ctid a fresh root from a template."""
+    ostemplate = validate.template_name(ostemplate) if ostemplate else None
+    return info(c.engine.reinstall(ctid, ostemplate=ostemplate, snapshot=snapshot, progress=c.progress))
+
+
+@op("new_identity", ctid=CTID, hostname=P(text(253)))
+def _new_identity(c: Context, ctid, hostname=None):
+    """Give a stopped VE its own machine-id and SSH host keys."""
+    c.engine.new_identity(ctid, validate.hostname(hostname) if hostname else None)
+
+
+@op("suspend", ctid=CTID)
+def _suspend(c: Context, ctid):
+    """Save VE ctid's processes to disk with CRIU and stop it."""
+    return c.engine.suspend(ctid, progress=c.progress)
+
+
+@op("resume", ctid=CTID)
+def _resume(c: Context, ctid):
+    """Bring a suspended VE back with its processes."""
+    return c.engine.resume(ctid, progress=c.progress)
+
+
+def ctid_list(name, v):
+    if not isinstance(v, list) or len(v) > 10000:
+        raise Invalid(f"{name} must be a list of at most 10000 VE ids")
+    return [CTID.check(name, x) for x in v]
+
+
+@op("sessions", ctids=P(ctid_list, required=True))
+def _sessions(c: Context, ctids):
+    """Count the interactive sessions (a terminal, or an attach from the host) of each running VE."""
+    return {str(ctid): interactive_sessions(c.engine, ctid) for ctid in ctids}
+
+
+def interactive_sessions(eng: Engine, ctid: int) -> int:
+    """Sessions in a VE that someone is using: a terminal (SSH login, console) or an attach from the host.
+
+    Reads the VE's /proc entries, which its root controls: only numbers are taken from them, and only from
+    /proc itself (never a file inside the VE's tree).
+    """
+    from vzengine import cgroups
+
+    rel = eng.layout.cgroup_dir(ctid)
+    top = cgroups.path("pids", rel) or cgroups.path("memory", rel)
+    if top is None or not top.is_dir():
+        return 0
+    sessions = set()
+    for dirpath, _dirs, files in os.walk(top):
+        if "cgroup.procs" not in files:
+            continue
+        with contextlib.suppress(OSError):
+            for pid in Path(dirpath, "cgroup.procs").read_text().split()[:100000]:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    fields = Path(f"/proc/{int(pid)}/stat").read_text()[:4096].rsplit(")", 1)[1].split()
+                    session, tty = int(fields[3]), int(fields[4])
+                    status = Path(f"/proc/{int(pid)}/status").read_text()[:16384]
+                    nssid = re.search(r"^NSsid:\s*(.*)$", status, re.M)
+                    outside = nssid is not None and nssid.group(1).split()[-1] == "0"
+                    if tty or outside:
+                        sessions.add(session)
+    return len(sessions)
+
+
+# --- snapshots ---------------------------------------------------------------------------------------
+
+@op("snapshot", ctid=CTID, name=P(NAME64, required=True), description=P(text(500)))
+def _snapshot(c: Context, ctid, name, description=""):
+    """Take a snapshot of VE ctid."""
+    c.engine.snapshot(ctid, validate.snapshot_name(name), description, progress=c.progress)
+
+
+@op("snapshot_list", ctid=CTID)
+def _snapshot_list(c: Context, ctid):
+    """List VE ctid's snapshots with their sizes."""
+    return [s.to_dict() for s in c.engine.snapshot_list(ctid)]
+
+
+@op("snapshot_switch", ctid=CTID, name=P(NAME64, required=True))
+def _snapshot_switch(c: Context, ctid, name):
+    """Roll VE ctid back to a snapshot."""
+    return info(c.engine.snapshot_switch(ctid, validate.snapshot_name(name), progress=c.progress))
+
+
+@op("snapshot_delete", ctid=CTID, name=P(NAME64, required=True))
+def _snapshot_delete(c: Context, ctid, name):
+    """Delete a snapshot of VE ctid."""
+    c.engine.snapshot_delete(ctid, validate.snapshot_name(name), progress=c.progress)
+
+
+# --- backups: files in the agent's own directory, found by name ------------------------------------
+# The engine checks the name (its own naming only), opens the file without following links and refuses
+# anything but a regular file; the directory must be root's and not writable by anyone else.
+
+@op("backup", ctid=CTID)
+def _backup(c: Context, ctid):
+    """Back VE ctid up into the node's backup directory and verify the archive; a bad one is removed."""
+    written = c.engine.backup(ctid, c.backup_dir, progress=lambda p, m: c.progress(p * 3 // 4, m))
+    name = Path(written.path).name
+    try:
+        manifest = c.engine.backup_verify_named(name, c.backup_dir,
+                                                progress=lambda p, m: c.progress(75 + p // 5, m))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            c.engine.backup_delete_named(name, c.backup_dir)
+        raise
+    return {"name": name, "path": str(written.path), "size": written.size, "manifest": manifest}
+
+
+@op("restore", name=P(text(80, BACKUP_NAME), required=True), ctid=CTID, force=P(boolean))
+def _restore(c: Context, name, ctid, force=False):
+    """Restore backup file ``name`` as VE ctid (over it with force)."""
+    return info(c.engine.restore_named(name, ctid, c.backup_dir, force=force, progress=c.progress))
+
+
+@op("backup_exists", name=P(text(80, BACKUP_NAME), required=True))
+def _backup_exists(c: Context, name):
+    """Whether backup file ``name`` is on this node (a regular file in the backup directory)."""
+    from vzengine.backup import open_named
+
+    try:
+        open_named(c.backup_dir, name).close()
+    except NotFound:
+        return False
+    return True
+
+
+@op("backup_delete", name=P(text(80, BACKUP_NAME), required=True))
+def _backup_delete(c: Context, name):
+    """Delete backup file ``name`` from this node; false if it was not there."""
+    try:
+        c.engine.backup_delete_named(name, c.backup_dir)
+    except NotFound:
+        return False
+    return True
+
+
+# --- templates ----------------------------------------------------------------------------------------
+
+@op("templates")
+def _templates(c: Context):
+    """List the node's templates."""
+    return [{"name": t.name, "description": t.description or "", "built": bool(t.built), "init": t.init}
+            for t in c.engine.templates.list()]
+
+
+@op("template_save", ctid=CTID, name=P(text(64), required=True), description=P(text(200)), replace=P(boolean))
+def _template_save(c: Context, ctid, name, description="", replace=False):
+    """Save VE ctid as a template (a golden image)."""
+    from vzengine.templates import save_ve
+
+    return save_ve(c.engine, ctid, validate.template_name(name), description=description, replace=replace,
+                   progress=c.progress)
+
+
+@op("template_remove", name=P(text(64), required=True))
+def _template_remove(c: Context, name):
+    """Remove a template from the node."""
+    c.engine.templates.remove(validate.template_name(name))
+
+
+@op("pool_info")
+def _pool_info(c: Context):
+    """The storage pool's size, use and whether its disk quotas hold."""
+    return c.engine.pool_info()
+
+
+@op("ping")
+def _ping(c: Context):
+    """Answer, so the panel knows the agent runs."""
+    return {"pid": os.getpid()}
