@@ -195,15 +195,28 @@ class TestOwner:
         assert response.json()["action"] == "stop"
 
 
+@pytest.fixture
+def enrolled(teacher, student, student_ve, node):
+    """The student in a course of the teacher's, with VE 201 as their course VE: the teacher's only way in."""
+    from vzpanel.classroom.models import Course, Membership
+
+    course = Course.objects.create(name="Networks", teacher=teacher, node=node, ostemplate="tiny")
+    return Membership.objects.create(course=course, user=student, ve=student_ve)
+
+
 class TestTeacher:
-    def test_it_sees_its_students_ves(self, client_for, api_for, teacher, student_ve, owner_ve):
+    def test_it_sees_its_students_ves(self, client_for, api_for, teacher, student_ve, owner_ve, enrolled):
         assert client_for(teacher).get("/ves/201/").status_code == 200
         assert [v["ctid"] for v in api_for(teacher).get("/api/ves/").json()["results"]] == [201]
 
     def test_it_does_not_see_other_customers_ves(self, client_for, teacher, student_ve, owner_ve):
         assert client_for(teacher).get(f"/ves/{CTID}/").status_code == 404
 
-    def test_it_can_start_a_students_ve(self, client_for, teacher, student_ve):
+    def test_it_does_not_see_a_students_ve_outside_a_course(self, client_for, teacher, student_ve):
+        # the account's `teacher` link alone grants nothing: only a current course membership does
+        assert client_for(teacher).get("/ves/201/").status_code == 404
+
+    def test_it_can_start_a_students_ve(self, client_for, teacher, student_ve, enrolled):
         response = client_for(teacher).post("/ves/201/start/")
         assert response.status_code == 302
         assert Task.objects.get().user == teacher

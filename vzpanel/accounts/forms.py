@@ -56,3 +56,8 @@ def check_teacher(form, data):
 
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=64, help_text="What the token is for, e.g. 'deploy script'.")
+
+
+class CodeForm(forms.Form):
+    code = forms.CharField(max_length=32, strip=True, label="Code",
+                           help_text="The 6-digit code from your authenticator app, or a recovery code.")

@@ -5,6 +5,10 @@ from . import views
 
 app_name = "accounts"
 urlpatterns = [
+    path("", views.account, name="index"),
+    path("two-factor/setup/", views.two_factor_setup, name="2fa-setup"),
+    path("two-factor/recovery-codes/", views.recovery_codes, name="2fa-recovery"),
+    path("two-factor/disable/", views.two_factor_disable, name="2fa-disable"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="token-revoke"),
     path(

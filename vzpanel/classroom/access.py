@@ -4,16 +4,55 @@
 - operate (start, stop, reset students' VEs, watch the dashboard): admins, the teacher, assistants;
 - manage (roster, image, provisioning, quota, schedule, end): admins and the teacher.
 
-Student VEs stay under vzpanel.ves.access: a course's teacher sees them there because every student
-account of the course has `teacher` = the course's teacher.
+Student VEs stay under vzpanel.ves.access, widened by `ve_rule` (registered in models.py): a course's
+teacher sees the VE of each of its current students, an assistant those of the courses they assist.
+That power comes from the membership alone and ends with it: an account's `teacher` field (who made it)
+grants nothing by itself, and a customer's, teacher's or admin's account never comes under a teacher.
 """
 
 import functools
 
 from django.contrib.auth.decorators import login_required
+from django.db.models import Q
 from django.http import Http404
 
 from .models import Course, Membership
+
+
+def ve_rule(user) -> Q | None:
+    """The VEs user sees through courses: their students' (as teacher) and their course's students' (as assistant)."""
+    rules = []
+    if user.role == user.Role.TEACHER and Course.objects.filter(teacher=user).exists():
+        rules.append(Q(memberships__course__teacher=user, memberships__role=Membership.Role.STUDENT))
+    assisted = list(Membership.objects.filter(user=user, role=Membership.Role.ASSISTANT)
+                    .values_list("course_id", flat=True))
+    if assisted:
+        rules.append(Q(memberships__course_id__in=assisted, memberships__role=Membership.Role.STUDENT))
+    if not rules:
+        return None
+    rule = rules[0]
+    for more in rules[1:]:
+        rule |= more
+    return rule
+
+
+def is_teachers_student(teacher, account) -> bool:
+    """Whether account is already teacher's student: a student account made by (or given to) teacher, or a
+    student in one of teacher's courses. Nobody else's account may come under a teacher."""
+    if account.role != account.Role.STUDENT or account.is_superuser:
+        return False
+    if account.teacher_id == teacher.pk:
+        return True
+    return Membership.objects.filter(user=account, role=Membership.Role.STUDENT, course__teacher=teacher).exists()
+
+
+def other_teacher_of(teacher, account):
+    """Return another teacher whose student account is (by the account's maker, or a course of theirs), or None."""
+    if account.teacher_id and account.teacher_id != teacher.pk:
+        return account.teacher
+    m = (Membership.objects.filter(user=account, role=Membership.Role.STUDENT).exclude(course__teacher=teacher)
+         .select_related("course__teacher").first())
+    return m.course.teacher if m is not None else None
 
 
 def visible_courses(user):

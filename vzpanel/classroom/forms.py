@@ -47,7 +47,7 @@ class CourseForm(forms.ModelForm):
                                             "re-opens it.")
         if creating:
             self.fields["image"].choices = (
-                [(f"template:{v}", f"Template {label}") for v, label in template_choices(Node.local())]
+                [(f"template:{v}", f"Template {label}") for v, label in template_choices(Node.local(), user)]
                 + [(f"ve:{pk}", label) for pk, label in own_ve_choices(user)])
             if user.is_panel_admin:
                 self.fields["teacher"].queryset = get_user_model().objects.filter(role="teacher", is_active=True)
@@ -95,7 +95,7 @@ class ImageForm(forms.Form):
     def __init__(self, *args, course, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["image"].choices = (
-            [(f"template:{v}", f"Template {label}") for v, label in template_choices(course.node)]
+            [(f"template:{v}", f"Template {label}") for v, label in template_choices(course.node, user)]
             + [(f"ve:{pk}", f"Freeze {label}") for pk, label in own_ve_choices(course.teacher)])
 
 

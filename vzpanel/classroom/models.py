@@ -1,11 +1,16 @@
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.signals import pre_save
+from django.dispatch import receiver
 from django.utils import timezone
+
+from vzpanel.ves.models import register_ve_rule
 
 
 class CourseQuerySet(models.QuerySet):
@@ -20,6 +25,13 @@ class CourseQuerySet(models.QuerySet):
         if user.is_panel_admin:
             return self.all()
         return self.filter(Q(teacher=user) | Q(memberships__user=user)).distinct()
+
+    def open(self) -> "CourseQuerySet":
+        """Return the courses still in use: running, or closed at their end date with their VEs kept.
+
+        A course being archived or ended is not open: its golden images are hidden from all but admins.
+        """
+        return self.filter(Q(status=Course.Status.ACTIVE) | Q(status=Course.Status.ENDING, closed_at__isnull=False))
 
 
 class Course(models.Model):
@@ -101,6 +113,14 @@ class Course(models.Model):
 
     def students(self):
         return self.memberships.filter(role=Membership.Role.STUDENT)
+
+    def governed_students(self):
+        """Return the students whose accounts the teacher may act on (links, passwords): student accounts only.
+
+        A customer's, teacher's or admin's account never comes under a teacher, whatever its membership says
+        (rows the roster made before it refused such accounts).
+        """
+        return self.students().filter(user__role="student", user__is_superuser=False, user__is_active=True)
 
 
 class Membership(models.Model):
@@ -195,7 +215,13 @@ class LoginLink(models.Model):
 
     @classmethod
     def issue(cls, user, course=None, created_by=None) -> tuple["LoginLink", str]:
-        """Create a link for user, dropping their unused older ones; return it with the plain key."""
+        """Create a link for user, dropping their unused older ones; return it with the plain key.
+
+        A course's link is for a student account enrolled in it (ValueError otherwise): it is a way into
+        that account, which a teacher has only through the course.
+        """
+        if course is not None and not course.governed_students().filter(user=user).exists():
+            raise ValueError(f"{user.get_username()} is not a student of course {course.pk}; no sign-in link for them.")
         cls.objects.filter(user=user, used_at__isnull=True).delete()
         key = secrets.token_urlsafe(24)
         link = cls.objects.create(user=user, course=course, key_hash=_hash(key), created_by=created_by,
@@ -207,7 +233,7 @@ class LoginLink(models.Model):
         """Mark the unused, unexpired link with this key used and return its user, or None."""
         now = timezone.now()
         link = cls.objects.select_related("user").filter(key_hash=_hash(key or "")).first()
-        if link is None or link.expires_at <= now or not link.user.is_active:
+        if link is None or link.expires_at <= now or not link.user.is_active or not link.still_enrolled():
             return None
         used = cls.objects.filter(pk=link.pk, used_at__isnull=True).update(used_at=now)
         return link.user if used else None
@@ -215,6 +241,46 @@ class LoginLink(models.Model):
     @classmethod
     def find(cls, key: str):
         link = cls.objects.select_related("user").filter(key_hash=_hash(key or "")).first()
-        if link is None or link.used_at or link.expires_at <= timezone.now():
+        if link is None or link.used_at or link.expires_at <= timezone.now() or not link.still_enrolled():
             return None
         return link
+
+    def still_enrolled(self) -> bool:
+        """A course's link works only while its user is a student of that course (leaving it ends the link)."""
+        if self.course_id is None:
+            return True
+        return Membership.objects.filter(course_id=self.course_id, user_id=self.user_id, role=Membership.Role.STUDENT,
+                                         user__role="student").exists()
+
+
+# --- a course's golden images are the course's -------------------------------------------------------
+
+COURSE_IMAGE_RE = re.compile(r"^course(\d+)-v\d+$")  # Course.template_name
+
+
+@receiver(pre_save, sender="nodes.Template")
+def claim_course_image(sender, instance, **kwargs):
+    """A new template named as a course's golden image belongs to that course (seen by its people only).
+
+    The image job and the node reconcile write template rows by name; this makes every such row the
+    course's, and one whose course is gone an admins-only one, so a frozen VE never becomes public.
+    """
+    if not instance._state.adding or instance.course_id is not None:
+        return
+    match = COURSE_IMAGE_RE.match(instance.name or "")
+    if match is None:
+        return
+    course = Course.objects.filter(pk=int(match.group(1))).only("pk", "teacher_id").first()
+    if course is None:
+        instance.visibility = sender.Visibility.ADMINS
+        return
+    instance.course, instance.owner_id, instance.visibility = course, course.teacher_id, sender.Visibility.COURSE
+
+
+def _course_ve_rule(user):
+    from .access import ve_rule
+
+    return ve_rule(user)
+
+
+register_ve_rule(_course_ve_rule)

@@ -1,7 +1,8 @@
 """Read a class roster (CSV: name, e-mail or user name, optional group) and check it line by line.
 
 `parse` needs no database: it turns the uploaded bytes into rows, or into errors that each name the
-line they are on. `resolve` checks the rows against existing accounts (linked, not duplicated).
+line they are on. `resolve` checks the rows against existing accounts (linked, not duplicated): only the
+teacher's own students may be linked (`refusal` says why any other account may not).
 Nothing is written until every line is good; `services.import_roster` then writes all of it in one
 transaction.
 """
@@ -206,21 +207,46 @@ def resolve(roster: Roster, course) -> None:
             user = same[0] if same else None
         if user is None:
             continue
-        who = user.get_username()
-        if not user.is_active:
-            roster.error(row.line, f"the account {who} is disabled.")
-        elif user.is_panel_admin:
-            roster.error(row.line, f"{who} is an admin account; it cannot be enrolled as a student.")
-        elif user.role == user.Role.TEACHER:
-            roster.error(row.line, f"{who} is a teacher account; add teachers as assistants on the course page.")
-        elif user.teacher_id and user.teacher_id != course.teacher_id:
-            roster.error(row.line, f"{who} is a student of another teacher ({user.teacher.get_username()}); an "
-                                   "account belongs to one teacher's classes at a time.")
-        elif user.pk in enrolled and enrolled[user.pk].role != Membership.Role.STUDENT:
-            roster.error(row.line, f"{who} is an assistant of this course already.")
+        problem = refusal(user, course, enrolled.get(user.pk), named=row.username or row.email)
+        if problem:
+            roster.error(row.line, problem)
         else:
             row.user = user
             row.enrolled = enrolled.get(user.pk)
+
+
+def refusal(user, course, membership, named: str = "") -> str:
+    """Why the existing account user cannot be enrolled in course by its teacher, or "" when it can.
+
+    A roster enrols only accounts that are already the teacher's students (made by their rosters, or in
+    one of their courses) and new ones it makes. Any other account, whether the line named its user name
+    or its e-mail address, stays out of the teacher's reach: enrolling it would hand the teacher its VEs
+    and its sign-in (links, initial passwords). The messages use what the line named (`named`), so a
+    line with someone's e-mail address does not learn their user name.
+    """
+    from .access import is_teachers_student, other_teacher_of
+    from .models import Membership
+
+    who = named or user.get_username()
+    if not user.is_active:
+        return f"the account {who} is disabled."
+    if user.is_panel_admin:
+        return f"{who} is an admin account; it cannot be enrolled as a student."
+    if user.role == user.Role.TEACHER:
+        return f"{who} is a teacher account; add teachers as assistants on the course page."
+    if user.role != user.Role.STUDENT:
+        return (f"{who} is an existing account that is not a student of yours; a roster cannot enrol it. Give the "
+                "student a new e-mail address or user name.")
+    other = other_teacher_of(course.teacher, user)
+    if other is not None:
+        return (f"{who} is a student of another teacher ({other.get_username()}); an account belongs to one "
+                "teacher's classes at a time.")
+    if not is_teachers_student(course.teacher, user):
+        return (f"{who} is not one of your students (no course of yours has them); ask an admin to make you their "
+                "teacher, or give a new e-mail address or user name.")
+    if membership is not None and membership.role != Membership.Role.STUDENT:
+        return f"{who} is an assistant of this course already."
+    return ""
 
 
 def _in_chunks(queryset, field_name: str, values: set[str], size: int = 500) -> list:

@@ -105,7 +105,7 @@ def create_course(user, *, name: str, ostemplate: str = "", image_ve=None, teach
     if image_ve is None:
         if not ostemplate:
             raise InvalidRequest("Choose the golden image: an OS template or one of your VEs.")
-        clean_template(node, ostemplate)
+        clean_template(node, ostemplate, user)
     if not user.is_panel_admin:  # the quota is the admins' to set
         for key in ("max_ves", "max_ram_mb", "max_disk_gb"):
             fields.pop(key, None)
@@ -184,8 +184,6 @@ def import_roster(user, course: Course, data: bytes, *, request=None, what: str 
                         regroup.append(m)
                     result.already += 1
                 else:
-                    if row.user.teacher_id is None:
-                        User.objects.filter(pk=row.user.pk).update(teacher=course.teacher)
                     memberships.append(Membership(course=course, user=row.user, group=row.group,
                                                   display_name=row.name))
                     result.linked += 1
@@ -487,7 +485,7 @@ def cancel_queued(user, course: Course, parent: Task, *, request=None) -> int:
 
 def set_template_image(user, course: Course, ostemplate: str, *, request=None) -> Course:
     """Make an OS template the course's golden image: new VEs get it, existing ones on reset."""
-    clean_template(course.node, ostemplate)
+    clean_template(course.node, ostemplate, user)
     course.ostemplate, course.image_kind, course.image_ve = ostemplate, Course.ImageKind.TEMPLATE, None
     course.image_version += 1
     course.image_updated_at = timezone.now()
@@ -529,7 +527,7 @@ def issue_links(user, course: Course, memberships) -> list[tuple[Membership, str
     """New one-time sign-in links for these students (older unused ones stop working); the keys, once."""
     out = []
     with transaction.atomic():
-        for m in memberships:
+        for m in course.governed_students().filter(pk__in=[m.pk for m in memberships]).select_related("user"):
             _, key = LoginLink.issue(m.user, course=course, created_by=user)
             out.append((m, key))
         audit.record("class.links", user=user, detail=f"course {course.pk}: {len(out)} sign-in link(s)")
@@ -543,7 +541,7 @@ def _password() -> str:
 
 def issue_passwords(user, course: Course, memberships) -> list[tuple[Membership, str]]:
     """Set new random initial passwords for these students; return them (shown once, never stored)."""
-    memberships = list(memberships)
+    memberships = list(course.governed_students().filter(pk__in=[m.pk for m in memberships]).select_related("user"))
     plain = [_password() for _ in memberships]
     # PBKDF2 releases the GIL: hash on every core (about a quarter of a second each).
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -614,6 +612,9 @@ def leave_course(course: Course, memberships) -> int:
     doomed = [m.user_id for m in memberships if m.created_account and m.user_id not in others]
     with transaction.atomic():
         Membership.objects.filter(pk__in=[m.pk for m in memberships]).delete()
+        # The teacher's hold on a kept account ends with its last course of theirs.
+        (User.objects.filter(pk__in=[m.user_id for m in memberships], teacher_id=course.teacher_id)
+         .exclude(course_memberships__course__teacher_id=course.teacher_id).update(teacher=None))
         _, deleted = User.objects.filter(pk__in=doomed, role=User.Role.STUDENT).delete()
     return deleted.get(User._meta.label, 0)
 

@@ -1,7 +1,7 @@
 from django.contrib import messages
 from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import SetPasswordForm
+from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm
 from django.core.exceptions import ValidationError
 from django.db.models import OuterRef, Subquery
 from django.http import Http404
@@ -49,10 +49,19 @@ def console_url(ctid, watch: bool) -> str:
 
 
 def ssh_host(request) -> str:
+    """The host name students put in their ssh line: VZPANEL_SSH_HOST, else the panel's own name.
+
+    Port forwards answer on the host's real addresses, never on its loopback (that stays the host's own),
+    so a panel opened at localhost shows the host's first global address instead.
+    """
     host = conf.ssh_host() or request.get_host()
     if host.startswith("["):
-        return host[1:].split("]")[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        host = host[1:].split("]")[0]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    if host in ("localhost", "127.0.0.1", "::1"):
+        host = conf.host_address() or host
+    return host
 
 
 @login_required
@@ -385,7 +394,7 @@ def sheet(request, course):
     if not form.is_valid():
         messages.error(request, "Choose links or passwords.")
         return redirect("classroom:detail", course.pk)
-    members = list(course.students().select_related("user", "ve"))
+    members = list(course.governed_students().select_related("user", "ve"))
     if form.cleaned_data["who"] == "new":
         members = [m for m in members if m.user.last_login is None]
     if not members:
@@ -509,6 +518,7 @@ def link_login(request, key):
         if user is None:
             return render(request, "classroom/link_login.html", {"invalid": True}, status=404)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        request.session[FIRST_SIGN_IN] = not user.has_usable_password()
         audit.record("login.link", request=request, user=user)
         if not user.has_usable_password():
             return redirect("classroom:welcome")
@@ -516,15 +526,32 @@ def link_login(request, key):
     return render(request, "classroom/link_login.html", {"link": link})
 
 
+FIRST_SIGN_IN = "classroom.first_sign_in"  # session key: this session began with a login link (see welcome)
+
+
+def first_sign_in(request) -> bool:
+    """Whether this session may set a password without the old one: the account never had one (made by a
+    roster) and was signed in with a one-time link. Any other session must know the current password."""
+    user = request.user
+    if user.has_usable_password():
+        return False
+    return bool(request.session.get(FIRST_SIGN_IN)) or LoginLink.objects.filter(user=user,
+                                                                                 used_at__isnull=False).exists()
+
+
 @login_required
 def welcome(request):
-    """Let a student who signed in with a link choose a password."""
-    form = SetPasswordForm(request.user, request.POST or None)
+    """Let a student who signed in with a link choose a password; anyone else changes theirs with the old one."""
+    first = first_sign_in(request)
+    form_class = SetPasswordForm if first else PasswordChangeForm
+    form = form_class(request.user, request.POST or None)
     if request.method == "POST" and form.is_valid():
         form.save()
         update_session_auth_hash(request, form.user)
-        audit.record("password.set", request=request)
+        request.session.pop(FIRST_SIGN_IN, None)
+        audit.record("password.set" if first else "password.change", request=request)
         messages.success(request, "Password set. Sign in with your user name and this password from now on.")
         return redirect("classroom:list")
-    return render(request, "classroom/welcome.html", {"form": form}, status=400 if form.errors else 200)
-
+    if request.method == "POST" and not first:
+        audit.record("password.change", request=request, result="denied", detail="welcome page: wrong or no old password")
+    return render(request, "classroom/welcome.html", {"form": form, "first": first}, status=400 if form.errors else 200)

@@ -1,4 +1,5 @@
-"""Websocket guard: only pages of the panel itself may open the panel's websockets.
+"""Websocket guards: only pages of the panel itself may open the panel's websockets, and a socket stays
+open only while its user may still see what it shows (`AccessRecheck`).
 
 Browsers send cookies with a cross-site websocket handshake, and websockets are not subject to
 CORS, so without this check any web page a logged-in user visits could open their VE's console.
@@ -6,11 +7,15 @@ The handshake's Origin must be the address the request was sent to (its Host), o
 CSRF_TRUSTED_ORIGINS (for a proxy that rewrites Host); otherwise the socket is refused with 4403.
 """
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from django.conf import settings
 
 CROSS_ORIGIN = 4403
+log = logging.getLogger("vzpanel.websocket")
 DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
 
@@ -48,3 +53,36 @@ class SameOriginMiddleware:
                 await send({"type": "websocket.close", "code": CROSS_ORIGIN})
             return None
         return await self.app(scope, receive, send)
+
+
+class AccessRecheck:
+    """Ask `allowed()` every ``settings.CONSOLE_RECHECK`` seconds while a socket is open; call `gone()` once
+    it says no (the user lost access: disabled, a VE given away or destroyed, a student who left the
+    course). A failed check (the database briefly away) keeps the socket and asks again later.
+    """
+
+    def __init__(self, allowed: Callable[[], Awaitable[bool]], gone: Callable[[], Awaitable[None]], what: str):
+        self.allowed, self.gone, self.what = allowed, gone, what
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run())
+
+    def stop(self) -> None:
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+
+    async def run(self) -> None:
+        period = max(0.1, float(settings.CONSOLE_RECHECK))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                ok = await self.allowed()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("re-checking access to %s failed", self.what)
+                continue
+            if not ok:
+                await self.gone()
+                return

@@ -11,12 +11,23 @@ class Plan(models.Model):
 
     name = models.CharField(max_length=64, unique=True)
     description = models.CharField(max_length=200, blank=True)
-    ram_mb = models.PositiveIntegerField("RAM (MB)", default=512, validators=[MinValueValidator(16)])
-    swap_mb = models.PositiveIntegerField("swap (MB)", default=0)
-    cpus = models.PositiveSmallIntegerField("CPUs", default=1, validators=[MinValueValidator(1), MaxValueValidator(256)])
-    disk_gb = models.PositiveIntegerField("disk (GB)", default=5, validators=[MinValueValidator(1)])
-    nproc = models.PositiveIntegerField("process limit", default=512, validators=[MinValueValidator(16)])
-    max_ves = models.PositiveIntegerField("VEs allowed", default=1)
+    ram_mb = models.PositiveIntegerField(
+        "RAM (MB)", default=512, validators=[MinValueValidator(16)],
+        help_text="Memory of each VE: at least 16, at most what the largest node has. There is no 0 for unlimited: "
+                  "every VE always has a limit.")
+    swap_mb = models.PositiveIntegerField("swap (MB)", default=0,
+                                          help_text="Swap of each VE on top of its RAM; 0: no swap.")
+    cpus = models.PositiveSmallIntegerField(
+        "CPUs", default=1, validators=[MinValueValidator(1), MaxValueValidator(256)],
+        help_text="CPUs each VE may use at once: at least 1, at most the CPUs of the largest node.")
+    disk_gb = models.PositiveIntegerField("disk (GB)", default=5, validators=[MinValueValidator(1)],
+                                          help_text="Disk of each VE: at least 1 (there is no 0 for unlimited).")
+    nproc = models.PositiveIntegerField("process limit", default=512, validators=[MinValueValidator(16)],
+                                        help_text="Processes and threads in each VE: at least 16.")
+    max_ves = models.PositiveIntegerField(
+        "VEs allowed", default=1,
+        help_text="How many VEs a user on this plan may have; 0: none (they cannot create one; VEs they have "
+                  "are kept).")
     console_mode = models.CharField(
         "web console", max_length=8, choices=ConsoleMode.choices, default=ConsoleMode.ROOT,
         help_text="What the console of a VE opens: a shell already logged in as root, or the VE's login prompt.",

@@ -6,6 +6,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 
 from vzpanel.audit import log as audit
 from vzpanel.core.decorators import admin_required
+from vzpanel.nodes.models import Node
 from vzpanel.ves import services as ve_services
 from vzpanel.ves.views import report_plan_change
 
@@ -39,6 +40,33 @@ class PlanForm(forms.ModelForm):
     def clean_console_mode(self):
         return self.cleaned_data.get("console_mode") or Plan.ConsoleMode.ROOT
 
+    def clean(self):
+        """Refuse limits no node can give: a VE is made on one node, so the largest node bounds them."""
+        data = super().clean()
+        cpus, ram_mb = Node.largest()
+        if data.get("cpus") is not None and data["cpus"] > cpus:
+            self.add_error("cpus", f"No node has {data['cpus']} CPUs: the largest has {cpus}, so a VE can use at "
+                                   f"most {cpus}.")
+        if ram_mb and data.get("ram_mb") is not None and data["ram_mb"] > ram_mb:
+            self.add_error("ram_mb", f"No node has {data['ram_mb']} MB of memory: the largest has {ram_mb} MB, so a VE "
+                                     f"can have at most {ram_mb} MB.")
+        return data
+
+    def _post_clean(self):
+        super()._post_clean()
+        # The model's "at least" rules, in words that say 0 is not "unlimited".
+        for name, least, unit in (("ram_mb", 16, "MB"), ("disk_gb", 1, "GB"), ("nproc", 16, "processes")):
+            if name in self.errors and self.data.get(name) not in (None, "") and _number(self.data.get(name)) == 0:
+                self.errors[name] = self.error_class([f"0 is not allowed here: it would not mean unlimited (every VE "
+                                                      f"has limits). Give at least {least} {unit}."])
+
+
+def _number(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
 
 LIMIT_FIELDS = set(ve_services.LIMIT_KEYS)  # the form fields that are per-VE limits
 
@@ -61,10 +89,11 @@ def plan_edit(request, pk=None):
                          detail=f"plan {plan.name}: {', '.join(form.changed_data) or 'nothing'}")
             changed = set(form.changed_data)
             if pk is not None and changed & (LIMIT_FIELDS | {"max_ves"}):
-                # Its users' VEs get the new limits live; users with more VEs than it now allows are named.
+                # Its VEs get the new limits live (its users' and its courses' students'); users with more
+                # VEs than it now allows are named.
                 users = plan.users.select_related("plan").order_by("username")
                 change = ve_services.apply_plans(request.user, users, limits=bool(changed & LIMIT_FIELDS),
-                                                 request=request)
+                                                 plan=plan, request=request)
         messages.success(request, f"Plan {plan.name} saved.")
         if change is not None:
             report_plan_change(request, change)

@@ -7,9 +7,18 @@ from . import services
 from .models import VE
 
 
-def template_choices(node):
-    return [(t.name, f"{t.name} — {t.description}" if t.description else t.name)
-            for t in Template.objects.filter(node=node)]
+def template_choices(node, user=None):
+    """The templates of node that user may build from (Template.usable_by); without a user, the public ones."""
+    templates = Template.objects.filter(node=node)
+    templates = templates.usable_by(user) if user is not None else templates.public()
+    return [(t.name, f"{t.name} — {t.description}" if t.description else t.name) for t in templates]
+
+
+def template_field(**kwargs) -> forms.ChoiceField:
+    """An OS template choice that names the template a refused choice asked for."""
+    return forms.ChoiceField(label="OS template", error_messages={
+        "invalid_choice": "There is no OS template %(value)s that you may use here; choose one from the list."},
+        **kwargs)
 
 
 class ServiceCheckedForm(forms.Form):
@@ -26,7 +35,7 @@ class ServiceCheckedForm(forms.Form):
 
 
 class VECreateForm(ServiceCheckedForm):
-    ostemplate = forms.ChoiceField(label="OS template")
+    ostemplate = template_field()
     hostname = forms.CharField(required=False, max_length=253, label="Host name", help_text="e.g. web1.example.com")
     root_password = forms.CharField(
         required=False, widget=forms.PasswordInput(render_value=False), help_text="At least 8 characters; optional."
@@ -37,7 +46,7 @@ class VECreateForm(ServiceCheckedForm):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["ostemplate"].choices = template_choices(Node.local())
+        self.fields["ostemplate"].choices = template_choices(Node.local(), user)
         if user.is_panel_admin:
             self.fields["owner"].queryset = get_user_model().objects.filter(is_active=True).order_by("username")
         else:
@@ -48,6 +57,14 @@ class VECreateForm(ServiceCheckedForm):
 
     def clean_root_password(self):
         return self.check("root_password", services.clean_password)
+
+    def clean(self):
+        data = super().clean()
+        owner, name = data.get("owner"), data.get("ostemplate")
+        if owner is not None and name and not Template.is_usable(owner, Node.local(), name):
+            self.add_error("ostemplate", f"{owner.get_username()} may not use the OS template {name}; choose one "
+                                         "that is theirs or public.")
+        return data
 
 
 class HostnameForm(ServiceCheckedForm):
@@ -72,13 +89,15 @@ class PasswordForm(ServiceCheckedForm):
 
 
 class ReinstallForm(ServiceCheckedForm):
-    ostemplate = forms.ChoiceField(label="OS template")
+    ostemplate = template_field()
     root_password = forms.CharField(required=False, widget=forms.PasswordInput, help_text="Optional.")
     confirm = forms.BooleanField(label="I understand that everything in this VE will be erased")
 
-    def __init__(self, *args, ve, **kwargs):
+    def __init__(self, *args, ve, user=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["ostemplate"].choices = template_choices(ve.node)
+        # The VE's files become its owner's: they must be from a template its owner may use (a student's VE:
+        # their course's image; a customer's: never another course's), whoever asks.
+        self.fields["ostemplate"].choices = template_choices(ve.node, ve.owner or user)
         self.fields["ostemplate"].initial = ve.ostemplate
 
     def clean_root_password(self):

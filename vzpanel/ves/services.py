@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 
 from vzpanel.audit import log as audit
 from vzpanel.nodes.models import Node, Template
@@ -104,10 +104,14 @@ def clean_password(value: str) -> str:
     return value
 
 
-def clean_template(node: Node, name: str) -> str:
-    if not Template.objects.filter(node=node, name=name).exists():
-        names = ", ".join(Template.objects.filter(node=node).values_list("name", flat=True)) or "none yet"
-        raise InvalidRequest(f"There is no OS template {name!r} on node {node.name} (available: {names}).")
+def clean_template(node: Node, name: str, user=None) -> str:
+    """Return name if it is a template of node that user may build from (without a user: a public one)."""
+    usable = Template.objects.filter(node=node)
+    usable = usable.usable_by(user) if user is not None else usable.public()
+    if not usable.filter(name=name).exists():
+        names = ", ".join(usable.values_list("name", flat=True)) or "none yet"
+        raise InvalidRequest(f"There is no OS template {name!r} on node {node.name} that you may use "
+                             f"(available: {names}).")
     return name
 
 
@@ -171,7 +175,7 @@ def request_action(user, ve: VE, action: str, *, request=None, ip=None, root_pas
         params = {}
     elif action == Task.Action.REINSTALL:
         ostemplate = params.get("ostemplate") or ve.ostemplate
-        params = {"ostemplate": clean_template(ve.node, ostemplate)}
+        params = {"ostemplate": clean_template(ve.node, ostemplate, ve.owner or user)}
         if root_password:
             secrets["root_password"] = clean_password(root_password)
         detail = f"template {ostemplate}"
@@ -196,7 +200,7 @@ def create_ve(user, *, ostemplate: str, hostname: str = "", root_password: str =
         raise InvalidRequest("Only admins can create VEs for other users.")
     node = Node.local()
     params = {
-        "ostemplate": clean_template(node, ostemplate),
+        "ostemplate": clean_template(node, ostemplate, owner),
         "hostname": clean_hostname(hostname) if hostname else "",
         "start": bool(start),
     }
@@ -360,38 +364,57 @@ class PlanChange:
     over_quota: list = field(default_factory=list)  # users with more VEs than their plan allows
 
 
-def apply_plans(user, owners, *, limits: bool = True, request=None, ip=None) -> PlanChange:
-    """Queue each live VE of owners whose limits differ from its owner's plan; note owners over their plan.
+def apply_plans(user, owners, *, limits: bool = True, plan=None, request=None, ip=None) -> PlanChange:
+    """Queue each live VE of owners whose limits differ from its plan's; note owners over their plan.
 
-    Nothing is destroyed: an owner with more VEs than the plan allows is only reported. With limits=False,
-    only that count is checked (a plan edit that changed how many VEs it allows but no limit).
+    A VE's plan is its owner's, except for a classroom VE (a student's VE in a course that has a plan),
+    which follows its course's plan. When `plan` was edited, every VE it governs is queued: its users'
+    and those of the courses on it. Nothing is destroyed: an owner with more VEs than the plan allows is
+    only reported. With limits=False, only that count is checked (a plan edit that changed how many VEs
+    it allows but no limit).
     """
     change = PlanChange()
+    # course_ves: the classroom's VEs that follow a course's plan (the reverse of Membership.ve)
+    by_course = Q(memberships__role="student", memberships__course__plan__isnull=False)
+    done: set[int] = set()
+
+    def queue_ve(ve: VE, governing) -> None:
+        done.add(ve.pk)
+        if not limits_differ(ve, governing):
+            change.unchanged += 1
+            return
+        try:
+            change.tasks.append(set_limits(user, ve, governing.limits(), why=f"plan {governing.name}",
+                                           request=request, ip=ip))
+        except ServiceError as exc:
+            change.skipped.append(exc.message)
+
     for owner in owners:
-        plan = owner.plan
+        own_plan = owner.plan
         ves = list(VE.objects.live().filter(owner=owner).select_related("owner", "node").order_by("ctid"))
-        if plan is None:
-            if ves and limits:
-                change.skipped.append(f"{owner.get_username()} has no plan now: their {len(ves)} VE(s) keep "
-                                      "the limits they have.")
+        in_course = set(VE.objects.live().filter(owner=owner).filter(by_course).values_list("pk", flat=True))
+        if own_plan is None:
+            if ves and limits and len(in_course) < len(ves):
+                change.skipped.append(f"{owner.get_username()} has no plan now: their {len(ves) - len(in_course)} "
+                                      "VE(s) keep the limits they have.")
             continue
-        if len(ves) > plan.max_ves:
+        if len(ves) > own_plan.max_ves:
             change.over_quota.append(
-                f"{owner.get_username()} has {len(ves)} VEs but plan {plan.name} allows {plan.max_ves}. Nothing "
-                f"was destroyed; they can create VEs again once they have fewer than {plan.max_ves}."
+                f"{owner.get_username()} has {len(ves)} VEs but plan {own_plan.name} allows {own_plan.max_ves}. "
+                f"Nothing was destroyed; they can create VEs again once they have fewer than {own_plan.max_ves}."
             )
         if not limits:
             continue
         for ve in ves:
+            if ve.pk in in_course:
+                continue  # its course's plan governs it, not its owner's
             ve.owner = owner  # the plan just saved, not a cached copy
-            if not limits_differ(ve, plan):
-                change.unchanged += 1
-                continue
-            try:
-                change.tasks.append(set_limits(user, ve, plan.limits(), why=f"plan {plan.name}",
-                                               request=request, ip=ip))
-            except ServiceError as exc:
-                change.skipped.append(exc.message)
+            queue_ve(ve, own_plan)
+    if plan is not None and limits:
+        students = (VE.objects.live().filter(memberships__role="student", memberships__course__plan=plan)
+                    .exclude(pk__in=done).distinct().select_related("owner", "node").order_by("ctid"))
+        for ve in students:
+            queue_ve(ve, plan)
     return change
 
 

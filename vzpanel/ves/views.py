@@ -142,6 +142,8 @@ def ve_action(request, ctid, action):
     if action in FORMS:
         name, form_class = FORMS[action]
         kwargs = {"ve": ve} if form_class in (ReinstallForm, DestroyForm) else {}
+        if form_class is ReinstallForm:
+            kwargs["user"] = request.user
         form = form_class(request.POST, **kwargs)
         if not form.is_valid():
             messages.error(request, "Please correct the errors below.")
