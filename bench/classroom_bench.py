@@ -3,7 +3,7 @@
 against the engine's own create+start and snapshot-switch (and reinstall) for the same count in the same run.
 
 Everything runs in a private state dir with its own Redis, SQLite database, engine root (btrfs pool) and
-node agent (`manage.py rqworker`), stopped by pid and removed at the end. As root, from the repository root:
+task worker (`manage.py rqworker`) and node agent (`python -m vzpanel.agent`), stopped by pid and removed at the end. As root, from the repository root:
 
     .venv/bin/python bench/classroom_bench.py            # 30 and 100
     .venv/bin/python bench/classroom_bench.py 30         # only 30
@@ -51,9 +51,13 @@ class Bench(PanelStack):
     # -- processes ----------------------------------------------------------------------------------------
 
     def start_agent(self, threads: int):
+        """The task worker (with `threads` children at once) and the node agent (with as many threads)."""
+        self.stop("worker")
         self.stop("agent")
-        self.spawn("agent", [sys.executable, "manage.py", "rqworker", "node:local"],
+        self.spawn("worker", [sys.executable, "manage.py", "rqworker", "node:local"],
                    VZPANEL_CLASS_PARALLEL=str(threads))
+        self.spawn("agent", [sys.executable, "-m", "vzpanel.agent", "--node", "local",
+                             "--threads", str(max(threads, 2))])
         time.sleep(1.0)  # the worker registers with Redis; jobs queued meanwhile simply wait
 
     # -- set-up -------------------------------------------------------------------------------------------

@@ -145,7 +145,9 @@ class Bench(PanelStack):
             engine.create(ctid, "tiny", hostname="bench-start")
             VE.objects.create(ctid=ctid, node=Node.local(), owner=User.objects.get(username="customer0"),
                               hostname="bench-start", ostemplate="tiny", status="stopped")
-            self.spawn("agent", [sys.executable, "manage.py", "rqworker", "node:local"], VZ_ROOT=str(root))
+            # The task worker (unprivileged in `serve`) and the node agent (root), as the run command has them.
+            self.spawn("worker", [sys.executable, "manage.py", "rqworker", "node:local"])
+            self.spawn("agent", [sys.executable, "-m", "vzpanel.agent", "--node", "local"], VZ_ROOT=str(root))
             panel, engine_only = [], []
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
@@ -196,7 +198,7 @@ class Bench(PanelStack):
             self.api_rps()
             self.click_to_running()
         except BaseException:
-            self.print_logs("agent", "web")
+            self.print_logs("worker", "agent", "web")
             raise
         finally:
             self.stop_all()

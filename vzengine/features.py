@@ -32,6 +32,7 @@ FEATURES: dict[str, str] = {
     "network": "vzengine.network:NetworkFeature",
     "resources": "vzengine.resources:ResourcesFeature",
     "snapshots": "vzengine.snapshots:SnapshotsFeature",
+    "vefirewall": "vzengine.vefirewall:VEFirewallFeature",
 }
 
 

@@ -460,6 +460,11 @@ def test_restoring_as_a_new_ve_keeps_to_the_plan_and_to_the_owner(client_for, ap
     plan.max_ves = 1  # the owner has VE 101
     plan.save()
     student_ve = make_ve(student, node, 201)
+    from vzpanel.classroom.models import Course, Membership
+
+    # the teacher sees the student's VE only through a current course of theirs
+    course = Course.objects.create(name="Networks", teacher=teacher, node=node, ostemplate="tiny")
+    Membership.objects.create(course=course, user=student, ve=student_ve)
     theirs = Backup.objects.create(ve=student_ve, node=node, ctid=201, path="/nonexistent/ve-201.tar.zst",
                                    created_at=stored.created_at)
     before = (state(owner_ve), VE.objects.count())

@@ -260,6 +260,10 @@ def forged_requests(marker: str, victim: int) -> list[tuple[str, bytes, str | No
     req("create ostemplate ../../etc", "create", {"ctid": other, "ostemplate": "../../../etc"}, invalid)
     req("template_remove ../../etc", "template_remove", {"name": "../../../etc"}, invalid)
     req("template_save ../x", "template_save", {"ctid": victim, "name": "../../../etc/x"}, invalid)
+    # A VE saved over a template everyone builds from would reach every customer's next VE.
+    req("template_save over debian-12", "template_save", {"ctid": victim, "name": "debian-12", "replace": True})
+    req("template_save over tiny", "template_save", {"ctid": victim, "name": "tiny", "replace": True})
+    req("template_remove tiny", "template_remove", {"name": "tiny"})
     req("set ipadd newline", "set", {"ctid": victim, "ipadd": ["10.9.9.9\nlxc.mount.entry = / host none bind"]})
     req("set nameserver ;id", "set", {"ctid": victim, "nameserver": [f"1.1.1.1;{touch}"]})
     req("set cpus newline", "set", {"ctid": victim, "cpus": "1\nlxc.cgroup.devices.allow = a"})

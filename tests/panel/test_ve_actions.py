@@ -108,7 +108,7 @@ def test_the_api_covers_the_same_actions(api_for, owner, owner_ve):
     response = api.post("/api/ves/101/set-hostname/", {"hostname": "x" * 70}, format="json")
     assert response.status_code == 400
     response = api.post("/api/ves/101/set-password/", {}, format="json")
-    assert response.json() == {"root_password": ["This field is required."]}
+    assert response.json()["errors"] == {"root_password": ["This field is required."]}
     response = api.post("/api/ves/101/start/")
     assert response.status_code == 409 and "cannot start now" in response.json()["detail"]
     response = api.post("/api/ves/101/set-hostname/", {"hostname": "api-host"}, format="json")

@@ -39,7 +39,7 @@ def test_it_picks_free_ctids(client_for, owner, owner_ve):
         ("hostname", "-bad-", "A host name is letters, digits and hyphens"),
         ("hostname", "a" * 64, "A host name is letters"),
         ("root_password", "short", "at least 8 characters"),
-        ("ostemplate", "windows-95", "Select a valid choice"),
+        ("ostemplate", "windows-95", "There is no OS template windows-95 that you may use here"),
     ],
 )
 def test_it_explains_bad_input_and_creates_nothing(client_for, owner, node, field, value, message):
@@ -98,7 +98,7 @@ def test_it_does_not_let_customers_create_for_others(api_for, owner, outsider, n
 
 def test_it_validates_api_input(api_for, owner, node):
     api = api_for(owner)
-    assert api.post("/api/ves/", {}, format="json").json() == {"ostemplate": ["This field is required."]}
+    assert api.post("/api/ves/", {}, format="json").json()["errors"] == {"ostemplate": ["This field is required."]}
     response = api.post("/api/ves/", {"ostemplate": "nope"}, format="json")
     assert response.status_code == 400 and "no OS template 'nope'" in response.json()["detail"]
     response = api.post("/api/ves/", {"ostemplate": "tiny", "hostname": "bad_name"}, format="json")

@@ -24,7 +24,7 @@ FIELDS = {
 }
 DEFAULT_FIELDS = "ctid,nproc,status,ip,hostname"
 # Feature modules may add columns: a dict VZLIST_FIELDS of the same shape (getters see VEInfo.extra).
-for _module in ("vzengine.network", "vzengine.resources", "vzengine.snapshots"):
+for _module in ("vzengine.network", "vzengine.resources", "vzengine.snapshots", "vzengine.vefirewall"):
     FIELDS.update(getattr(importlib.import_module(_module), "VZLIST_FIELDS", {}))
 
 

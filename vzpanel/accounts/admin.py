@@ -1,7 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from .models import APIToken, User
+from .models import APIToken, SSHKey, User
+
+admin.site.register(SSHKey)
 
 
 @admin.register(User)

@@ -68,3 +68,20 @@ class APIToken(models.Model):
     def find(cls, key: str):
         """Return the token whose key this is, or None."""
         return cls.objects.select_related("user").filter(key_hash=_hash(key)).first()
+
+
+class SSHKey(models.Model):
+    """A public key of a user, put into root's authorized_keys of their VEs."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="ssh_keys")
+    name = models.CharField(max_length=64)
+    key = models.TextField(help_text="one public key line: TYPE BASE64 [COMMENT]")
+    fingerprint = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["user", "fingerprint"], name="unique_ssh_key_per_user")]
+
+    def __str__(self):
+        return f"{self.name} ({self.fingerprint})"

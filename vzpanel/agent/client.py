@@ -224,9 +224,17 @@ class RemoteEngine:
     def template_remove(self, name: str) -> None:
         self.call("template_remove", name=name)
 
+    def firewall_set(self, ctid: int, policy: str, rules: list[str], progress: Progress | None = None) -> VEInfo:
+        """Replace the VE's firewall: its default policy and the whole rule list (vzengine/vefirewall.py)."""
+        return self._info("firewall_set", progress, ctid=ctid, policy=policy, rules=list(rules))
+
     def sessions(self, ctids: list[int]) -> dict[int, int]:
         """How many interactive sessions (a terminal, or an attach from the host) each running VE has."""
         return {int(k): v for k, v in self.call("sessions", ctids=list(ctids)).items()}
+
+    def ssh_keys_set(self, ctid: int, keys: list[str], password_login: bool = True) -> dict:
+        """Make keys root's authorized_keys in the VE and switch password log-in over SSH on or off."""
+        return self.call("ssh_keys_set", ctid=ctid, keys=list(keys), password_login=bool(password_login))
 
 
 def _plain(params: dict) -> dict:

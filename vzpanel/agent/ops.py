@@ -398,18 +398,24 @@ def _templates(c: Context):
             for t in c.engine.templates.list()]
 
 
-@op("template_save", ctid=CTID, name=P(text(64), required=True), description=P(text(200)), replace=P(boolean))
+# The panel saves and removes only course images: never a template other VEs are built from by everyone
+# (replacing debian-12 with a VE's files would reach every customer's next VE).
+IMAGE_NAME = r"course[0-9]{1,10}-v[0-9]{1,6}"
+
+
+@op("template_save", ctid=CTID, name=P(text(64, IMAGE_NAME), required=True), description=P(text(200)),
+    replace=P(boolean))
 def _template_save(c: Context, ctid, name, description="", replace=False):
-    """Save VE ctid as a template (a golden image)."""
+    """Save VE ctid as a course's golden image (course<N>-v<M>)."""
     from vzengine.templates import save_ve
 
     return save_ve(c.engine, ctid, validate.template_name(name), description=description, replace=replace,
                    progress=c.progress)
 
 
-@op("template_remove", name=P(text(64), required=True))
+@op("template_remove", name=P(text(64, IMAGE_NAME), required=True))
 def _template_remove(c: Context, name):
-    """Remove a template from the node."""
+    """Remove a course's golden image from the node."""
     c.engine.templates.remove(validate.template_name(name))
 
 
@@ -419,7 +425,32 @@ def _pool_info(c: Context):
     return c.engine.pool_info()
 
 
+@op("ssh_keys_set", ctid=CTID, keys=P(text_list(32, 16384), required=True),
+    password_login=P(boolean, required=True))
+def _ssh_keys_set(c: Context, ctid, keys, password_login):
+    """Make keys root's authorized_keys in VE ctid; switch password log-in over SSH on or off."""
+    from vzengine import sshkeys
+
+    try:
+        keys = [sshkeys.check_key(k) for k in keys]
+    except InvalidInput as exc:
+        raise Invalid(f"keys: {exc.message}") from None
+    return sshkeys.set_keys(c.engine, ctid, keys, password_login)
+
+
 @op("ping")
 def _ping(c: Context):
     """Answer, so the panel knows the agent runs."""
     return {"pid": os.getpid()}
+
+
+# --- the per-VE firewall (vzengine/vefirewall.py) --------------------------------------------------
+
+FIREWALL_RULE = r"[a-z]{3,6} [a-z]{3,4}( [0-9]{1,5}(-[0-9]{1,5})?)?( from [0-9A-Fa-f.:/]{2,43})?"
+
+
+@op("firewall_set", ctid=CTID, policy=P(text(6, r"accept|drop"), required=True),
+    rules=P(text_list(64, 80, FIREWALL_RULE), required=True))
+def _firewall_set(c: Context, ctid, policy, rules):
+    """Replace VE ctid's firewall (policy and every rule), live where it runs, and save it."""
+    return info(c.engine.set(ctid, firewall_policy=policy, firewall_rules=rules, save=True, progress=c.progress))

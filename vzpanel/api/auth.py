@@ -1,8 +1,12 @@
+from django.contrib.auth.signals import user_login_failed
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from vzpanel.accounts import lockout
 from vzpanel.accounts.models import APIToken
+from vzpanel.audit import log as audit
+from vzpanel.core.clientip import client_ip
 
 
 class APITokenAuthentication(authentication.BaseAuthentication):
@@ -16,8 +20,17 @@ class APITokenAuthentication(authentication.BaseAuthentication):
             return None
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Token <key>'.")
+        # Failed tokens count per address, like failed passwords (django-axes, vzpanel/accounts/lockout.py).
+        django_request = request._request
+        if not lockout.is_allowed(django_request, None, "API token"):
+            audit.record("login.blocked", request=django_request, result="denied",
+                         detail="API token: refused, too many failures", ip=client_ip(django_request))
+            raise exceptions.Throttled(wait=lockout.seconds_locked(django_request),
+                                       detail="Too many failed API token attempts from your address.")
         token = APIToken.find(parts[1].decode(errors="replace"))
         if token is None or not token.user.is_active:
+            user_login_failed.send(sender=__name__, request=django_request,
+                                   credentials={"username": None, lockout.METHOD_KEY: "API token"})
             raise exceptions.AuthenticationFailed("Invalid or revoked API token.")
         APIToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return token.user, token

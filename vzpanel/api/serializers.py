@@ -6,6 +6,49 @@ from vzpanel.nodes.models import Template
 from vzpanel.tasks.models import Task
 from vzpanel.ves.models import VE, Backup, Snapshot
 
+from .schema import CTID_MAX, CTID_MIN
+
+# Input bounds, so nothing unbounded reaches the database or the node agent. The services check the
+# meaning (a free CTID, a template that exists); these check the size and the alphabet first.
+HOSTNAME_RE = r"^[A-Za-z0-9.-]*$"
+TEMPLATE_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+SNAPSHOT_RE = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"
+USERNAME_MAX = 150
+PASSWORD_MAX = 128
+BULK_MAX = 1000
+
+
+def hostname_field(**kwargs):
+    return serializers.RegexField(
+        HOSTNAME_RE, max_length=253, error_messages={
+            "invalid": "A host name is letters, digits, '-' and '.' only.",
+            "max_length": "A host name is at most {max_length} characters."}, **kwargs)
+
+
+def template_field(**kwargs):
+    return serializers.RegexField(
+        TEMPLATE_RE, max_length=64, error_messages={
+            "invalid": "An OS template name is lower-case letters, digits, '.', '_' and '-' (64 at most)."},
+        **kwargs)
+
+
+def ctid_field(**kwargs):
+    out_of_range = f"This CTID is out of range: a CTID is from {CTID_MIN} to {CTID_MAX}."
+    return serializers.IntegerField(min_value=CTID_MIN, max_value=CTID_MAX, error_messages={
+        "min_value": out_of_range, "max_value": out_of_range, "max_string_length": out_of_range}, **kwargs)
+
+
+class UsernameField(serializers.SlugRelatedField):
+    """A user named by user name; a name longer than any user name is refused before the lookup."""
+
+    def __init__(self, **kwargs):
+        super().__init__(slug_field="username", queryset=get_user_model().objects.all(), **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or len(data) > USERNAME_MAX:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
 
 class VESerializer(serializers.ModelSerializer):
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
@@ -20,32 +63,38 @@ class VESerializer(serializers.ModelSerializer):
 
 
 class VECreateSerializer(serializers.Serializer):
-    ostemplate = serializers.CharField(max_length=100)
-    hostname = serializers.CharField(max_length=253, required=False, allow_blank=True, default="")
+    ostemplate = template_field(help_text="an OS template of the node (GET /api/templates/)")
+    hostname = hostname_field(required=False, allow_blank=True, default="", help_text="default: ve<CTID>")
     root_password = serializers.CharField(required=False, allow_blank=True, default="", write_only=True,
-                                          style={"input_type": "password"})
+                                          max_length=PASSWORD_MAX, style={"input_type": "password"},
+                                          help_text="8 to 128 characters, no control characters; default: none")
     start = serializers.BooleanField(required=False, default=True)
-    owner = serializers.SlugRelatedField(slug_field="username", queryset=get_user_model().objects.all(),
-                                         required=False, allow_null=True, default=None,
-                                         help_text="admins only; default: you")
+    owner = UsernameField(required=False, allow_null=True, default=None, help_text="admins only; default: you")
 
 
 class HostnameSerializer(serializers.Serializer):
-    hostname = serializers.CharField(max_length=253)
+    hostname = hostname_field()
 
 
 class PasswordSerializer(serializers.Serializer):
-    root_password = serializers.CharField(write_only=True, style={"input_type": "password"})
+    root_password = serializers.CharField(write_only=True, max_length=PASSWORD_MAX,
+                                          style={"input_type": "password"},
+                                          help_text="8 to 128 characters, no control characters")
 
 
 class ReinstallSerializer(serializers.Serializer):
-    ostemplate = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
-    root_password = serializers.CharField(required=False, allow_blank=True, default="", write_only=True)
+    ostemplate = serializers.RegexField(
+        r"^([a-z0-9][a-z0-9._-]{0,63})?$", max_length=64, required=False, allow_blank=True, default="",
+        help_text="default: the VE's own", error_messages={
+            "invalid": "An OS template name is lower-case letters, digits, '.', '_' and '-' (64 at most)."})
+    root_password = serializers.CharField(required=False, allow_blank=True, default="", write_only=True,
+                                          max_length=PASSWORD_MAX, help_text="default: none")
 
 
 class BulkSerializer(serializers.Serializer):
     action = serializers.ChoiceField(choices=["start", "stop"])
-    ctids = serializers.ListField(child=serializers.IntegerField(), allow_empty=False, max_length=5000)
+    ctids = serializers.ListField(child=ctid_field(), allow_empty=False, max_length=BULK_MAX,
+                                  help_text=f"1 to {BULK_MAX} CTIDs; those you may not see are skipped")
 
 
 class TaskSerializer(serializers.ModelSerializer):
@@ -65,6 +114,11 @@ class TaskSerializer(serializers.ModelSerializer):
 
     def get_url(self, task) -> str:
         return f"/api/tasks/{task.pk}/"
+
+
+class BulkResultSerializer(serializers.Serializer):
+    tasks = TaskSerializer(many=True, help_text="the tasks started, one a VE")
+    skipped = serializers.ListField(child=serializers.CharField(), help_text="why each other VE was not acted on")
 
 
 class TemplateSerializer(serializers.ModelSerializer):
@@ -91,9 +145,14 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
 
 class SnapshotCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="",
-                                 help_text="letters, digits, '.', '_', '-' (64 at most); default: the date and time")
-    description = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    name = serializers.RegexField(
+        SNAPSHOT_RE, max_length=64, required=False, allow_blank=True, default="",
+        help_text="letters, digits, '.', '_', '-' (64 at most); default: the date and time",
+        error_messages={"invalid": "This is not a valid snapshot name: use letters, digits, '.', '_' and '-', "
+                                   "starting with a letter or digit.",
+                        "max_length": "This is not a valid snapshot name: it is {max_length} characters at most."})
+    description = serializers.CharField(max_length=200, required=False, allow_blank=True, default="",
+                                        help_text="one line")
 
 
 class BackupSerializer(serializers.ModelSerializer):
@@ -112,13 +171,12 @@ class BackupSerializer(serializers.ModelSerializer):
 
 
 class RestoreNewSerializer(serializers.Serializer):
-    owner = serializers.SlugRelatedField(slug_field="username", queryset=get_user_model().objects.all(),
-                                         required=False, allow_null=True, default=None,
-                                         help_text="admins only; default: the backup's VE's (former) owner")
-    ctid = serializers.IntegerField(required=False, allow_null=True, default=None,
-                                    help_text="admins only; default: the next free CTID")
-    hostname = serializers.CharField(max_length=253, required=False, allow_blank=True, default="",
-                                     help_text="default: ve<CTID> (under the backup's own CTID: its own)")
+    owner = UsernameField(required=False, allow_null=True, default=None,
+                          help_text="admins only; default: the backup's VE's (former) owner")
+    ctid = ctid_field(required=False, allow_null=True, default=None,
+                      help_text="admins only; default: the next free CTID")
+    hostname = hostname_field(required=False, allow_blank=True, default="",
+                              help_text="default: ve<CTID> (under the backup's own CTID: its own)")
     start = serializers.BooleanField(required=False, default=True)
     beyond_plan = serializers.BooleanField(required=False, default=False,
                                            help_text="admins only: even if the owner's plan allows no more VEs")

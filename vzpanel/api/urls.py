@@ -1,10 +1,26 @@
-from django.urls import include, path
+from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.routers import DefaultRouter
 
 from vzpanel.classroom.api import CourseViewSet
 
 from . import views
+
+
+class Anything:
+    """Any rest of a path, line breaks included (a regex group flag would make the URLconf unreversible)."""
+
+    regex = r"[\s\S]*"
+
+    def to_python(self, value):
+        return value
+
+    def to_url(self, value):
+        return value
+
+
+register_converter(Anything, "anything")
 
 router = DefaultRouter()
 router.register("ves", views.VEViewSet, basename="ve")
@@ -13,8 +29,20 @@ router.register("tasks", views.TaskViewSet, basename="task")
 router.register("templates", views.TemplateViewSet, basename="template")
 router.register("audit", views.AuditViewSet, basename="audit")
 router.register("classes", CourseViewSet, basename="class")
+# Hosting (issue 15): a VE's addresses and SSH line, and the user's SSH keys (vzpanel/api/hosting.py).
+from . import hosting  # noqa: E402
+
+router.register(r"ves/(?P<ctid>\d+)/network", hosting.VENetworkViewSet, basename="ve-network")
+router.register("ssh-keys", hosting.SSHKeyViewSet, basename="ssh-key")
+# The per-VE firewall (issue 15, vzpanel/api/firewall.py).
+from . import firewall  # noqa: E402
+
+router.register(r"ves/(?P<ctid>\d+)/firewall", firewall.VEFirewallViewSet, basename="ve-firewall")
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # The schema is for signed-in users (a session or a token), like the API it describes.
+    path("schema/", SpectacularAPIView.as_view(permission_classes=[IsAuthenticated]), name="api-schema"),
     path("", include(router.urls)),
+    # Anything else under /api/ (an id the routes cannot match, say) is a JSON 404 like every API error.
+    path("<anything:rest>", views.NotFoundView.as_view(), name="api-not-found"),
 ]

@@ -5,7 +5,10 @@ own, assistants and students the courses they are in; any other id is a 404. Ope
 teacher, assistants) get every membership; a student only their own.
 """
 
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, viewsets
+
+from vzpanel.api.schema import errors
 
 from .access import can_operate, visible_courses
 from .models import Course, Membership
@@ -62,6 +65,13 @@ class CourseDetailSerializer(CourseSerializer):
         return MembershipSerializer(rows, many=True).data
 
 
+@extend_schema_view(
+    list=extend_schema(responses={200: CourseSerializer(many=True), **errors(404)},
+                       description="List the courses you may see (admins: all; a teacher: their own; assistants "
+                                   "and students: theirs), newest first, 50 a page."),
+    retrieve=extend_schema(description="Show one course you may see, with its memberships (a student: only their "
+                                       "own)."),
+)
 class CourseViewSet(viewsets.ReadOnlyModelViewSet):
     """Courses you may see; one course with its memberships (yours only, if you are a student)."""
 

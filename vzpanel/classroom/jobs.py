@@ -208,9 +208,11 @@ def set_awake(task: Task, **extra) -> None:
 
 def _next_port(task: Task, taken: int) -> int:
     """Move the student's SSH forward to the next free port (the host refused the one they had)."""
+    from vzpanel.nodes.pools import used_ssh_ports
+
     first, last = conf.ssh_ports()
     with _port_lock:
-        used = set(Membership.objects.filter(ssh_port__isnull=False).values_list("ssh_port", flat=True))
+        used = used_ssh_ports()  # students' and hosting VEs' forwards
         for port in [*range(taken + 1, last + 1), *range(first, taken)]:
             if port in used:
                 continue

@@ -316,8 +316,10 @@ def hostname_for(membership: Membership, course: Course) -> str:
 
 
 def _free_ports(count: int) -> list[int]:
+    from vzpanel.nodes.pools import used_ssh_ports
+
     first, last = conf.ssh_ports()
-    used = set(Membership.objects.filter(ssh_port__isnull=False).values_list("ssh_port", flat=True))
+    used = used_ssh_ports()  # students' and hosting VEs' forwards
     out = []
     for port in range(first, last + 1):
         if port not in used:

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Node, Template
+from .models import IPAddress, IPPool, Node, Template
 
 
 @admin.register(Node)
@@ -12,3 +12,14 @@ class NodeAdmin(admin.ModelAdmin):
 class TemplateAdmin(admin.ModelAdmin):
     list_display = ["name", "node", "built", "description", "updated_at"]
     list_filter = ["node", "built"]
+
+
+@admin.register(IPPool)
+class IPPoolAdmin(admin.ModelAdmin):
+    list_display = ["name", "node", "network", "kind", "gateway"]
+    list_filter = ["node", "kind", "version"]
+
+
+@admin.register(IPAddress)
+class IPAddressAdmin(admin.ModelAdmin):
+    list_display = ["address", "pool", "ve", "reverse_dns", "ssh_port"]

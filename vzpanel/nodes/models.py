@@ -131,3 +131,59 @@ class Template(models.Model):
     def is_usable(cls, user, node, name: str) -> bool:
         """Whether user may build a VE on node from template name."""
         return cls.objects.usable_by(user).filter(node=node, name=name).exists()
+
+
+class IPPool(models.Model):
+    """A range of addresses a node gives its hosting VEs: public (routed as they are) or private (NAT out,
+    an SSH port forward in). Its network must lie inside the node engine's IP_POOL / IP6_POOL (vz.conf)."""
+
+    class Kind(models.TextChoices):
+        PUBLIC = "public", "public (routed as they are)"
+        PRIVATE = "private", "private (NAT outbound, SSH port forward inbound)"
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="ip_pools")
+    name = models.CharField(max_length=64)
+    network = models.CharField(max_length=64, help_text="e.g. 192.0.2.0/26 or 2001:db8:1::/64")
+    version = models.PositiveSmallIntegerField(editable=False, default=4)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.PUBLIC)
+    gateway = models.CharField(max_length=64, blank=True, help_text="shown to customers; the host routes the VE")
+    nameservers = models.CharField(max_length=200, blank=True, help_text="addresses separated by spaces")
+
+    class Meta:
+        ordering = ["node", "version", "name"]
+        constraints = [models.UniqueConstraint(fields=["node", "name"], name="unique_pool_name_per_node")]
+
+    def __str__(self):
+        return f"{self.name} ({self.network})"
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        from vzpanel.nodes.pools import PoolError, clean_pool
+
+        try:
+            clean_pool(self)
+        except PoolError as exc:
+            raise ValidationError(exc.message) from None
+
+    @property
+    def nameserver_list(self) -> list[str]:
+        return self.nameservers.split()
+
+
+class IPAddress(models.Model):
+    """An address of a pool given to a VE (the row goes when the VE is destroyed or the address removed)."""
+
+    pool = models.ForeignKey(IPPool, on_delete=models.PROTECT, related_name="addresses")
+    address = models.GenericIPAddressField(unique=True)
+    ve = models.ForeignKey("ves.VE", on_delete=models.CASCADE, related_name="ip_rows")
+    reverse_dns = models.CharField(max_length=253, blank=True)
+    ssh_port = models.PositiveIntegerField(null=True, blank=True, unique=True,
+                                           help_text="host port forwarded to port 22 (private pools)")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pool__version", "id"]
+
+    def __str__(self):
+        return self.address

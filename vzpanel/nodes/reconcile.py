@@ -7,8 +7,10 @@ from django.utils import timezone
 from vzpanel.audit import log as audit
 from vzpanel.tasks.jobs import after_reconcile, engine, mark_destroyed, publish_ve
 from vzpanel.tasks.models import Task
+from vzpanel.tasks.queue import get_redis
 from vzpanel.ves.models import VE
 
+from .health import record_pool
 from .models import Node, Template
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,7 @@ def reconcile_node(node_name: str) -> dict:
     counts["swept"] = sweep_dead_tasks(node)
     sync_templates(node, eng)
     counts["refused"] = record_refusals(node)
+    record_pool(node, eng, get_redis())
     reported = {info.ctid: info for info in eng.list(usage=True)}
     counts.update(after_reconcile(node, eng, reported))  # snapshots made outside the panel, daily backups
     busy = set(Task.objects.active().filter(node=node).values_list("ve_id", flat=True))
@@ -106,7 +109,6 @@ def record_refusals(node: Node) -> int:
     import json
 
     from vzpanel.agent import protocol
-    from vzpanel.tasks.queue import get_redis
 
     key = protocol.refused_key(node.name)
     r = get_redis()

@@ -43,6 +43,12 @@ class Plan(models.Model):
     backup_daily = models.BooleanField(
         "daily backup", default=False, help_text="Back up each VE of this plan once a day, automatically.",
     )
+    ipv4_addresses = models.PositiveSmallIntegerField(
+        "IPv4 addresses per VE", default=1, validators=[MaxValueValidator(64)],
+        help_text="IPv4 addresses each VE gets from its node's pool when it is created, and the most it may hold.")
+    ipv6_addresses = models.PositiveSmallIntegerField(
+        "IPv6 addresses per VE", default=0, validators=[MaxValueValidator(64)],
+        help_text="IPv6 addresses each VE gets from its node's pool when it is created, and the most it may hold.")
 
     class Meta:
         ordering = ["name"]

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from vzpanel.agent.client import RemoteEngine, connect
 from vzpanel.agent.errors import AgentError, NotFound
+from vzpanel.ves import hosting  # also connects its signal: a destroyed VE's addresses go back to the pool
 from vzpanel.ves.models import VE, Backup, Snapshot
 
 from .errors import TaskFailed
@@ -68,8 +69,11 @@ def do_create(task, progress, eng, root_password=None):
         userpasswd=root_passwd(root_password),
         progress=progress,
         **engine_limits(ve.limits or {}),
+        **hosting.engine_net(params),
     )
     save_info(ve, info)
+    if params.get("ssh_keys"):  # before the first start: sshd reads them as it starts
+        eng.ssh_keys_set(ve.ctid, params["ssh_keys"], password_login=True)
     if params.get("start"):
         info = eng.start(ve.ctid, progress=progress)
         save_info(ve, info)
@@ -362,6 +366,57 @@ def do_backup_delete(task, progress, eng):
     return {"deleted": backup.pk}
 
 
+# --- hosting: addresses and SSH keys (vzpanel.ves.hosting queues these) ------------------------------------
+
+
+def do_address_add(task, progress, eng):
+    """Add the address the panel reserved (its IPAddress row) to the VE, live; the row goes if that fails."""
+    from vzpanel.nodes.models import IPAddress
+
+    ve, address = task.ve, task.params["address"]
+    try:
+        info = eng.set(ve.ctid, ipadd=[address], save=True, progress=progress)
+    except BaseException:
+        IPAddress.objects.filter(pk=task.params.get("row"), ve=ve).delete()
+        raise
+    progress(100, f"VE {ve.ctid} has address {address}")
+    return info
+
+
+def do_address_del(task, progress, eng):
+    """Take an address off the VE (live), with the SSH port forward it carried; then free its row."""
+    from vzpanel.nodes.models import IPAddress
+
+    ve, address, port = task.ve, task.params["address"], task.params.get("ssh_port")
+    params = {"ipdel": [address]}
+    if port:
+        params["portfwd_del"] = [f"tcp:{port}:22"]
+    info = eng.set(ve.ctid, save=True, progress=progress, **params)
+    for row in IPAddress.objects.filter(ve=ve, address=address):
+        hosting.pools.reverse_dns_changed.send(IPAddress, address=row, name="")
+        row.delete()
+    progress(100, f"Address {address} removed from VE {ve.ctid}")
+    return info
+
+
+def do_ssh_keys(task, progress, eng):
+    ve, p = task.ve, task.params
+    result = eng.ssh_keys_set(ve.ctid, p.get("keys") or [], password_login=bool(p.get("password_login", True)))
+    progress(100, f"{result.get('keys')} key(s) in root's authorized_keys; password log-in over SSH "
+                  f"{'on' if result.get('password_login') else 'off'}"
+                  + ("" if result.get("reloaded") or not result.get("sshd") else " (sshd reads it at its next start)"))
+    return result
+
+
+def do_set_firewall(task, progress, eng):
+    """Replace the VE's firewall (policy and rules), live where it runs; the engine undoes a half-applied change."""
+    policy, rules = task.params["policy"], list(task.params.get("rules") or [])
+    progress(10, f"Setting policy {policy} and {len(rules)} rule(s)")
+    info = eng.firewall_set(task.ve.ctid, policy, rules, progress=progress)
+    progress(100, f"VE {task.ve.ctid}'s firewall: policy {policy}, {len(rules)} rule(s)")
+    return info
+
+
 HANDLERS = {
     Task.Action.CREATE: do_create,
     Task.Action.START: do_start,
@@ -379,6 +434,10 @@ HANDLERS = {
     Task.Action.RESTORE: do_restore,
     Task.Action.RESTORE_NEW: do_restore_new,
     Task.Action.BACKUP_DELETE: do_backup_delete,
+    Task.Action.ADDRESS_ADD: do_address_add,
+    Task.Action.ADDRESS_DEL: do_address_del,
+    Task.Action.SSH_KEYS: do_ssh_keys,
+    Task.Action.SET_FIREWALL: do_set_firewall,
 }
 
 

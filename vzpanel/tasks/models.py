@@ -46,6 +46,10 @@ class Task(models.Model):
         RESTORE = "restore", "restore backup"
         RESTORE_NEW = "restore_new", "restore backup as a new VE"
         BACKUP_DELETE = "backup_delete", "delete backup"
+        ADDRESS_ADD = "address_add", "add IP address"
+        ADDRESS_DEL = "address_del", "remove IP address"
+        SSH_KEYS = "ssh_keys", "set SSH keys"
+        SET_FIREWALL = "set_firewall", "set firewall"
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)
     FINISHED = (Status.COMPLETED, Status.FAILED, Status.ERRORED, Status.CANCELLED)

@@ -235,3 +235,35 @@ class ConfirmForm(forms.Form):
     """A rollback or restore: the box must be ticked."""
 
     confirm = forms.BooleanField(error_messages={"required": "Tick the box to confirm: nothing was changed."})
+
+
+# --- hosting: addresses, pools, SSH keys -------------------------------------------------------------
+
+
+class AddressAddForm(forms.Form):
+    version = forms.TypedChoiceField(choices=[(4, "IPv4"), (6, "IPv6")], coerce=int, initial=4, label="Family")
+    address = forms.CharField(required=False, max_length=64, label="Address",
+                              help_text="empty: the next free one of the node's pool")
+
+
+class ReverseDNSForm(forms.Form):
+    address = forms.CharField(max_length=64, widget=forms.HiddenInput)
+    reverse_dns = forms.CharField(required=False, max_length=253, label="Reverse DNS")
+
+
+class SSHPushForm(forms.Form):
+    password_off = forms.BooleanField(required=False, label="Switch password log-in over SSH off (keys only)")
+
+
+class SSHKeyForm(forms.Form):
+    name = forms.CharField(max_length=64, label="Name", help_text="e.g. laptop")
+    key = forms.CharField(max_length=16384, label="Public key",
+                          help_text="one line from your .pub file: ssh-ed25519 AAAA... you@laptop")
+
+
+class PoolForm(forms.ModelForm):
+    class Meta:
+        from vzpanel.nodes.models import IPPool
+
+        model = IPPool
+        fields = ["node", "name", "network", "kind", "gateway", "nameservers"]

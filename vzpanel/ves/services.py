@@ -198,6 +198,7 @@ def create_ve(user, *, ostemplate: str, hostname: str = "", root_password: str =
     owner = owner or user
     if owner != user and not user.is_panel_admin:
         raise InvalidRequest("Only admins can create VEs for other users.")
+
     node = Node.local()
     params = {
         "ostemplate": clean_template(node, ostemplate, owner),
@@ -229,6 +230,7 @@ def create_ve(user, *, ostemplate: str, hostname: str = "", root_password: str =
                     status=VE.Status.CREATING,
                     limits=plan.limits() if plan else {},
                 )
+                params = {**params, **hosting.assign_on_create(ve, plan)}  # addresses, SSH port, owner's keys
                 task = _new_task(user, ve, Task.Action.CREATE, params, ip,
                                  f"template {params['ostemplate']}, owner {owner.get_username()}", request)
                 queue.enqueue_on_commit(task, **secrets)
@@ -696,3 +698,6 @@ def address_counts(addresses) -> dict:
         except ValueError:
             continue
     return counts
+
+
+from . import hosting  # noqa: E402 - connects its signal: a destroyed VE gives its addresses back
