@@ -82,7 +82,8 @@ def test_it_starts_the_console_daemon_and_stops_it_by_pid(state_dir):
 
     from vzpanel.lib.channels import RedisChannelLayer
 
-    proc = serve(state_dir, free_port(), VZPANEL_WEB_USER="root")
+    # An engine root that does not exist: the agent and reconcile must not create one by asking about it.
+    proc = serve(state_dir, free_port(), VZPANEL_WEB_USER="root", VZ_ROOT=str(state_dir.parent / "no-engine"))
     try:
         read_until(proc, r"up at http")
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -102,5 +103,6 @@ def test_it_starts_the_console_daemon_and_stops_it_by_pid(state_dir):
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0
+    assert not (state_dir.parent / "no-engine").exists()  # starting the panel made no engine root
     assert f"stopped console (pid {console[0].pid})" in out
     assert not console[0].is_running() or console[0].status() == psutil.STATUS_ZOMBIE

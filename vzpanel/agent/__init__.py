@@ -6,5 +6,7 @@ operations registered in `ops`, validates every parameter itself, derives every 
 them on the node's engine. Nothing it reads from Redis is unpickled, imported by name or passed to a shell,
 and it never opens the panel's database.
 
-Only `ops` and `server` import vzengine; `protocol`, `client` and `errors` are safe for the web process.
+`console` is the node's console daemon (``manage.py consoled``, root): terminals into VEs over the channel
+layer. Only `ops`, `server` and `console` import vzengine: no other panel module does (a test checks);
+`protocol`, `client` and `errors` are safe for the web process.
 """

@@ -421,8 +421,10 @@ def _template_remove(c: Context, name):
 
 @op("pool_info")
 def _pool_info(c: Context):
-    """The storage pool's size, use and whether its disk quotas hold."""
-    return c.engine.pool_info()
+    """The storage pool's size, use and whether its disk quotas hold ({"set_up": false} before the first VE)."""
+    if not c.engine.layout.root.is_dir():
+        return {"set_up": False}  # asking must not create the engine root
+    return {"set_up": True, **c.engine.pool_info()}
 
 
 @op("ssh_keys_set", ctid=CTID, keys=P(text_list(32, 16384), required=True),

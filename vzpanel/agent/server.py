@@ -80,12 +80,15 @@ class Agent:
                 self.redis.delete(protocol.alive_key(self.node))
 
     def _prepare(self) -> None:
-        """Make the engine root ready before the first request: its pool mounted, its quota data checked (an
-        inconsistent pool is rescanned here, not under a customer's first task)."""
+        """Make an existing engine root ready before the first request: its pool mounted (after a reboot), its
+        quota data checked (an inconsistent pool is rescanned here, not under a customer's first task). A root
+        that does not exist yet is made by the first request that needs it, not by starting an agent."""
         from vzengine import Engine, VZError
 
         try:
-            Engine(self.vz_root).ensure_ready()
+            engine = Engine(self.vz_root)
+            if engine.layout.root.is_dir():
+                engine.ensure_ready()
         except VZError as exc:
             log.error("the engine root is not ready: %s (requests will say so)", exc.message)
 

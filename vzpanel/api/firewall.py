@@ -1,16 +1,14 @@
 """The API of a VE's firewall (issue 15): read it, replace it (a task). Its owner and admins only."""
 
-from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from vzpanel.ves import firewall
-from vzpanel.ves.access import get_ve_or_404
 
 from . import serializers as s
-from .schema import CTID_MAX, CTID_MIN, errors
+from .schema import VEFromPath, errors
 
 CTID = OpenApiParameter("ctid", int, OpenApiParameter.PATH, description="the VE's id")
 
@@ -22,17 +20,14 @@ class FirewallSerializer(serializers.Serializer):
                                             "203.0.113.0/24'; first match decides")
 
 
-class VEFirewallViewSet(viewsets.ViewSet):
+class VEFirewallViewSet(VEFromPath, viewsets.ViewSet):
     """A VE's firewall, enforced on the host for what comes in to the VE."""
 
     parser_classes = [JSONParser]
     pagination_class = None
 
     def get_ve(self):
-        ctid = self.kwargs.get("ctid", "")
-        if not (str(ctid).isdigit() and CTID_MIN <= int(ctid) <= CTID_MAX):
-            raise Http404("No such VE.")
-        ve = get_ve_or_404(self.request.user, ctid)
+        ve = super().get_ve()
         firewall.check_access(self.request.user, ve)
         return ve
 

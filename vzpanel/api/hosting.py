@@ -10,10 +10,9 @@ from rest_framework.response import Response
 
 from vzpanel.accounts.models import SSHKey
 from vzpanel.ves import hosting
-from vzpanel.ves.access import get_ve_or_404
 
 from . import serializers as s
-from .schema import CTID_MAX, CTID_MIN, errors
+from .schema import VEFromPath, errors
 
 ON_A_VE = "Anyone who may see the VE: its owner, an admin, the teacher of its owner or an assistant of their course."
 CTID = OpenApiParameter("ctid", int, OpenApiParameter.PATH, description="the VE's id")
@@ -83,17 +82,11 @@ def ssh_command(request, port) -> str:
     return f"ssh -p {port} root@{ssh_host(request)}" if port else ""
 
 
-class VENetworkViewSet(viewsets.ViewSet):
+class VENetworkViewSet(VEFromPath, viewsets.ViewSet):
     """A VE's addresses, SSH line and keys; every change of the VE is a task (202 Accepted with the task)."""
 
     parser_classes = [JSONParser]
     pagination_class = None
-
-    def get_ve(self):
-        ctid = self.kwargs.get("ctid", "")
-        if not (str(ctid).isdigit() and CTID_MIN <= int(ctid) <= CTID_MAX):
-            raise Http404("No such VE.")
-        return get_ve_or_404(self.request.user, ctid)
 
     def validated(self, serializer_class):
         ser = serializer_class(data=self.request.data)

@@ -68,3 +68,17 @@ class AutoSchema(SpectacularAutoSchema):
                     OpenApiResponse(ErrorSerializer, description=ERROR_TEXT[code]), str(code), direction=direction)
         responses["429"]["headers"] = RETRY_AFTER
         return dict(sorted(responses.items()))
+
+
+class VEFromPath:
+    """For viewsets under /api/ves/<ctid>/: the VE the path names, if the user may see it (else a 404)."""
+
+    def get_ve(self):
+        from django.http import Http404
+
+        from vzpanel.ves.access import get_ve_or_404
+
+        ctid = str(self.kwargs.get("ctid", ""))
+        if not (ctid.isdigit() and CTID_MIN <= int(ctid) <= CTID_MAX):
+            raise Http404("No such VE.")
+        return get_ve_or_404(self.request.user, ctid)

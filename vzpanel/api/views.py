@@ -18,12 +18,12 @@ from vzpanel.nodes.models import Node
 from vzpanel.tasks.models import Task
 from vzpanel.tasks.views import TaskFilterForm
 from vzpanel.ves import services
-from vzpanel.ves.access import get_task_or_404, get_ve_or_404, visible_backups, visible_tasks, visible_ves
+from vzpanel.ves.access import get_task_or_404, visible_backups, visible_tasks, visible_ves
 from vzpanel.ves.forms import VEFilterForm
 from vzpanel.ves.models import Backup
 
 from . import serializers as s
-from .schema import CTID_MAX, CTID_MIN, ID_MAX, QUERY_VALUE_MAX, errors
+from .schema import ID_MAX, QUERY_VALUE_MAX, VEFromPath, errors
 
 
 def flat_errors(data, prefix: str = "") -> dict[str, list[str]]:
@@ -134,7 +134,7 @@ TASK = {202: s.TaskSerializer}
 TASK_ERRORS = {**TASK, **errors(400, 409)}
 
 
-class VEViewSet(viewsets.ViewSet):
+class VEViewSet(VEFromPath, viewsets.ViewSet):
     """VEs you may see; every change is a task (202 Accepted with the task)."""
 
     parser_classes = JSON_ONLY
@@ -142,12 +142,6 @@ class VEViewSet(viewsets.ViewSet):
     lookup_field = "ctid"
     lookup_value_regex = r"\d+"
     pagination_class = PageNumberPagination
-
-    def get_ve(self):
-        ctid = self.kwargs["ctid"]
-        if not (ctid.isdigit() and CTID_MIN <= int(ctid) <= CTID_MAX):
-            raise Http404("No such VE.")
-        return get_ve_or_404(self.request.user, ctid)
 
     @extend_schema(parameters=VE_FILTERS, responses={200: s.VESerializer(many=True), **errors(400, 404)},
                    description="List the VEs you may see (admins: all; a teacher: their students'; others: their "

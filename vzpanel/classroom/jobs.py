@@ -29,7 +29,7 @@ from vzpanel.tasks import jobs as task_jobs
 from vzpanel.tasks.errors import TaskFailed
 from vzpanel.tasks.models import Task
 from vzpanel.tasks.queue import new_ref, publish_task
-from vzpanel.tasks.runner import expected_errors, finish
+from vzpanel.tasks.runner import execute, finish
 from vzpanel.ves.models import VE
 
 from . import conf, services
@@ -49,6 +49,7 @@ class BufferedProgress:
     def __init__(self, task: Task):
         self.task = task
         self.lines: list[str] = []
+        publish_task(task)  # once: the class page shows it running
 
     def __call__(self, percent: int | None, message: str = "") -> None:
         if percent is not None:
@@ -122,33 +123,9 @@ def run_bulk(parent_id: int | None, child_ids: list[int]) -> str:
 
 
 def run_child(task_id: int) -> str:
-    """Claim one child task (as the task runner does) and run it; end it completed, failed or errored."""
+    """Run one child task of a class operation through the one task pipeline, its log buffered."""
     close_old_connections()
-    claimed = Task.objects.filter(pk=task_id, status=Task.Status.QUEUED).update(
-        status=Task.Status.RUNNING, started_at=timezone.now(), message="Started")
-    if not claimed:
-        return "not claimed"
-    task = Task.objects.select_related("ve", "node", "user").get(pk=task_id)
-    publish_task(task)
-    progress = BufferedProgress(task)
-    try:
-        handler = HANDLERS[task.action]
-        result = handler(task, progress, task_jobs.engine(task.node.name))
-    except expected_errors() as exc:
-        progress.flush()
-        task_jobs.after_failure(task)
-        finish(task, Task.Status.FAILED, error=getattr(exc, "message", None) or str(exc))
-    except Exception:
-        ref = new_ref()
-        log.exception("classroom task %s errored (ref %s)", task_id, ref)
-        progress.flush()
-        task_jobs.after_failure(task)
-        finish(task, Task.Status.ERRORED, error="Something went wrong on our side. The administrators can look it "
-                                                f"up as reference {ref}.", error_ref=ref, traceback=traceback.format_exc())
-    else:
-        progress.flush()
-        finish(task, Task.Status.COMPLETED, result=result)
-    return task.status
+    return execute(task_id, HANDLERS, BufferedProgress)
 
 
 def parent_progress(parent_id: int) -> None:

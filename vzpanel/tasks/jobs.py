@@ -445,16 +445,6 @@ SNAPSHOT_TASKS = (Task.Action.SNAPSHOT, Task.Action.SNAPSHOT_ROLLBACK, Task.Acti
                   Task.Action.RESTORE)
 
 
-def run(task: Task, progress, **secrets):
-    """Run task's action on the engine; return a JSON-able result."""
-    handler = HANDLERS[task.action]  # an unknown action is a bug: KeyError makes the task errored
-    result = handler(task, progress, engine(task.node.name), **secrets)
-    if hasattr(result, "to_dict"):  # a VEInfo
-        save_info(task.ve, result)
-        result = result.to_dict()
-    return result
-
-
 def mark_destroyed(ve: VE) -> None:
     ve.status = VE.Status.DESTROYED
     ve.destroyed_at = timezone.now()

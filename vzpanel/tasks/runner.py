@@ -43,27 +43,47 @@ class Progress:
         Task.objects.filter(pk=task.pk).update(**updates)
         publish_task(task)
 
+    def flush(self) -> None:
+        """Nothing waits: every step was written and pushed as it came (BufferedProgress collects instead)."""
+
 
 def run_task(task_id: int, **secrets) -> str:
-    """Run the task with this id, unless it was cancelled or is already taken."""
+    """Run the task with this id, unless it was cancelled or is already taken (the RQ job of a single task)."""
+    return execute(task_id, **secrets)
+
+
+def execute(task_id: int, handlers: dict | None = None, make_progress=Progress, **secrets) -> str:
+    """Claim the task with this id, run its action's handler, end it completed, failed or errored.
+
+    The one pipeline of every task, a VE's own and a class's children alike: ``handlers`` maps actions to
+    handlers (vzpanel.tasks.jobs.HANDLERS by default; the classroom passes its own), ``make_progress`` makes
+    the progress callable (live, or buffered for a class of many). A task someone else claimed, or that was
+    cancelled, is left alone.
+    """
+    from . import jobs
+
     claimed = Task.objects.filter(pk=task_id, status=Task.Status.QUEUED).update(
         status=Task.Status.RUNNING, started_at=timezone.now(), message="Started"
     )
     if not claimed:
         return "not claimed"
     task = Task.objects.select_related("ve", "node", "user").get(pk=task_id)
-    progress = Progress(task)
+    progress = make_progress(task)
     progress(0, "Started on node " + task.node.name)
-    from . import jobs
-
     try:
-        result = jobs.run(task, progress, **secrets)
+        handler = (handlers or jobs.HANDLERS)[task.action]  # an unknown action is a bug: the task errors
+        result = handler(task, progress, jobs.engine(task.node.name), **secrets)
+        if hasattr(result, "to_dict"):  # a VEInfo
+            jobs.save_info(task.ve, result)
+            result = result.to_dict()
     except expected_errors() as exc:
+        progress.flush()
         jobs.after_failure(task)
         finish(task, Task.Status.FAILED, error=getattr(exc, "message", None) or str(exc))
     except Exception:
         ref = new_ref()
         log.exception("task %s errored (ref %s)", task_id, ref)
+        progress.flush()
         jobs.after_failure(task)
         finish(
             task,
@@ -73,6 +93,7 @@ def run_task(task_id: int, **secrets) -> str:
             traceback=traceback.format_exc(),
         )
     else:
+        progress.flush()
         finish(task, Task.Status.COMPLETED, result=result)
     return task.status
 

@@ -23,7 +23,7 @@ class Command(BaseCommand):
                             help="seconds without input after which a session ends (default %(default)s)")
 
     def handle(self, *args, node, linger, idle_timeout, **options):
-        from vzpanel.console.daemon import serve
+        from vzpanel.agent.console import serve
 
         logging.getLogger("vzpanel.console").setLevel(logging.INFO if options["verbosity"] > 1 else logging.WARNING)
         if os.geteuid() != 0:

@@ -1,8 +1,8 @@
 """The console daemon: console sessions of one node, reached through the channel layer.
 
-It runs in the node agent as root (``manage.py consoled``), next to the RQ worker, because
-attaching to a VE needs root; the web process only relays. It listens on ``console.<node>``
-(see protocol.py for the messages), keeps a ``SessionRegistry`` of ptys, and knows every
+It is the node agent's other door (``manage.py consoled``, root), because attaching to a VE needs
+root; the web process only relays. It listens on ``console.<node>`` (vzpanel/console/protocol.py
+has the messages, which it checks again), keeps a ``SessionRegistry`` of ptys, and knows every
 viewer of every session with its role: input from anyone but the session's one writer is
 dropped here, whatever the browser claims.
 
@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from channels.exceptions import ChannelFull
 
 from vzengine.console import BootWatch, ConsoleSession, SessionRegistry, check_size, run_id, session_argv
-
-from . import protocol as p
+from vzpanel.console import protocol as p
 
 log = logging.getLogger("vzpanel.console")
 

@@ -1,0 +1,35 @@
+"""The privilege split in the code's shape: only the node agent (vzpanel/agent/: ops, server, console) imports
+the engine, and what the web process loads of the agent (protocol, client, errors) imports neither vzengine nor
+Django. Fast: it reads the source, runs nothing."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT_DOORS = {"vzpanel/agent/ops.py", "vzpanel/agent/server.py", "vzpanel/agent/console.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_only_the_node_agent_imports_the_engine():
+    importers = {str(p.relative_to(REPO)) for p in (REPO / "vzpanel").rglob("*.py")
+                 if any(m == "vzengine" or m.startswith("vzengine.") for m in imported_modules(p))}
+    assert importers == AGENT_DOORS
+
+
+def test_the_agents_client_side_loads_no_engine_and_no_django():
+    code = ("import sys, vzpanel.agent.client, vzpanel.agent.protocol, vzpanel.agent.errors; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vzengine', 'django')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
