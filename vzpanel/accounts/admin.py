@@ -16,6 +16,6 @@ class UserAdmin(BaseUserAdmin):
 
 @admin.register(APIToken)
 class APITokenAdmin(admin.ModelAdmin):
-    list_display = ["name", "user", "prefix", "created_at", "last_used_at"]
+    list_display = ["name", "user", "prefix", "scope", "expires_at", "created_at", "last_used_at"]
     readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at"]
     search_fields = ["name", "user__username", "prefix"]

@@ -56,6 +56,14 @@ def check_teacher(form, data):
 
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=64, help_text="What the token is for, e.g. 'deploy script'.")
+    scope = forms.ChoiceField(choices=[("full", "Full: read and change"), ("read", "Read-only")], initial="full",
+                              required=False,
+                              help_text="A read-only token can list and read, never start, change or delete.")
+    days = forms.IntegerField(min_value=1, max_value=3650, required=False, label="Expires after (days)",
+                              help_text="Empty: never expires. A token past its date is refused.")
+
+    def clean_scope(self):
+        return self.cleaned_data.get("scope") or "full"
 
 
 class CodeForm(forms.Form):

@@ -48,6 +48,9 @@ class APIToken(models.Model):
     name = models.CharField(max_length=64)
     prefix = models.CharField(max_length=12)
     key_hash = models.CharField(max_length=64, unique=True)
+    scope = models.CharField(max_length=8, choices=[("full", "full: read and change"), ("read", "read-only")],
+                             default="full", help_text="a read-only token may only read (GET, HEAD, OPTIONS)")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="empty: never expires")
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
@@ -57,11 +60,23 @@ class APIToken(models.Model):
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
 
+    @property
+    def expired(self) -> bool:
+        from django.utils import timezone
+
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
     @classmethod
-    def issue(cls, user, name: str) -> tuple["APIToken", str]:
-        """Create a token for user; return it with the plain key."""
+    def issue(cls, user, name: str, scope: str = "full", days: int | None = None) -> tuple["APIToken", str]:
+        """Create a token for user (read-only with scope "read", expiring after ``days``); return it with its key."""
+        from datetime import timedelta
+
+        from django.utils import timezone
+
         key = "vzp_" + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name, prefix=key[:10], key_hash=_hash(key))
+        expires = timezone.now() + timedelta(days=days) if days else None
+        token = cls.objects.create(user=user, name=name, prefix=key[:10], key_hash=_hash(key), scope=scope,
+                                   expires_at=expires)
         return token, key
 
     @classmethod

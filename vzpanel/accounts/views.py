@@ -218,7 +218,8 @@ def tokens(request):
     form = TokenForm(request.POST or None)
     new_key = None
     if request.method == "POST" and form.is_valid():
-        token, new_key = APIToken.issue(request.user, form.cleaned_data["name"])
+        token, new_key = APIToken.issue(request.user, form.cleaned_data["name"], scope=form.cleaned_data["scope"],
+                                        days=form.cleaned_data.get("days"))
         audit.record("token.create", request=request, detail=f"token {token}")
         form = TokenForm()
     return render(

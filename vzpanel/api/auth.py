@@ -1,7 +1,7 @@
 from django.contrib.auth.signals import user_login_failed
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication, exceptions
+from rest_framework import authentication, exceptions, permissions
 
 from vzpanel.accounts import lockout
 from vzpanel.accounts.models import APIToken
@@ -32,6 +32,11 @@ class APITokenAuthentication(authentication.BaseAuthentication):
             user_login_failed.send(sender=__name__, request=django_request,
                                    credentials={"username": None, lockout.METHOD_KEY: "API token"})
             raise exceptions.AuthenticationFailed("Invalid or revoked API token.")
+        if token.expired:
+            raise exceptions.AuthenticationFailed(
+                f"This API token expired on {token.expires_at:%Y-%m-%d %H:%M} UTC; make a new one under API tokens.")
+        if token.scope == "read" and request.method not in permissions.SAFE_METHODS:
+            raise exceptions.PermissionDenied("This API token is read-only: it may read, not change anything.")
         APIToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return token.user, token
 
