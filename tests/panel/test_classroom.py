@@ -172,7 +172,7 @@ def test_an_assistant_operates_but_does_not_manage(client_for, classes, teacher,
     assert c.post(f"/classes/{course.pk}/provision/").status_code == 404
     response = c.post(f"/classes/{course.pk}/action/", {"action": "stop", "target": "all"})
     assert response.status_code == 302
-    assert Task.objects.filter(action="stop", parent__action="class.stop").count() == 2
+    assert Task.objects.filter(action="student.stop", parent__action="class.stop").count() == 2
     # and can open the VE pages (and consoles) of that course's students, not of another course
     assert c.get("/ves/301/").status_code == 200 and c.get("/ves/302/").status_code == 200
     assert c.get("/ves/303/").status_code == 404
@@ -290,7 +290,7 @@ def test_removing_a_student_queues_the_archive_of_their_ve_under_a_parent(client
     parent = Task.objects.get(action="class.remove")
     child = parent.children.get()
     assert (child.action, child.ve.ctid, child.params["backup"], child.params["membership"]) == (
-        "archive", 302, False, bob.pk)
+        "student.archive", 302, False, bob.pk)
     assert parent.rq_job_id and child.rq_job_id == parent.rq_job_id  # the sweeper can find their job
     entry = AuditEntry.objects.get(action="class.remove")
     assert entry.user == teacher and "bob@example.edu" in entry.detail and "without a backup" in entry.detail
@@ -347,7 +347,7 @@ def test_a_teacher_adds_one_student_by_hand_with_the_rosters_checks(client_for, 
     response = c.post(f"/classes/{course.pk}/students/add/", {"login": "sid@example.edu", "provision": "on"})
     assert response.status_code == 302
     sid = course.students().get(user=student)
-    assert not sid.created_account and Task.objects.get(action="create").ve == sid.ve
+    assert not sid.created_account and Task.objects.get(action="student.provision").ve == sid.ve
 
 
 # --- the end date passes ---------------------------------------------------------------------------------
@@ -370,7 +370,7 @@ def test_after_its_end_date_a_course_closes_students_cannot_start_and_the_teache
         task = services.close_course(course, today=today + timedelta(days=1))
     course.refresh_from_db()
     assert course.status == "ending" and course.is_closed and course.closed_at is not None
-    assert (task.action, task.ve.ctid, task.params["why"]) == ("stop", 301, "ended")  # only the running one
+    assert (task.action, task.ve.ctid, task.params["why"]) == ("student.stop", 301, "ended")  # only the running one
     task.refresh_from_db()
     assert task.rq_job_id
     assert Course.objects.get(pk=classes["cid@example.edu"].course_id).is_active  # the other course goes on

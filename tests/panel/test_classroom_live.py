@@ -110,7 +110,8 @@ def test_a_class_of_30_gets_running_ves_from_a_frozen_image_and_is_reset(class_a
     squatter = next_ctid() + 6
     engine.create(squatter, "tiny", hostname="squatter")
     t0 = time.monotonic()
-    assert teach.post(f"/classes/{course.pk}/provision/").status_code == 302
+    response = teach.post(f"/classes/{course.pk}/provision/", follow=True)
+    assert Task.objects.filter(action="class.provision").exists(), [str(m) for m in response.context["messages"]]
     parent = Task.objects.get(action="class.provision")
     wait_done(parent)
     took = time.monotonic() - t0
@@ -198,20 +199,20 @@ def test_idle_ves_sleep_the_console_wakes_them_the_schedule_runs_and_the_course_
     time.sleep(1.5)
     counts = tick()
     assert counts["idle"] == 1
-    suspend = wait_done(Task.objects.get(action="suspend", ve=ve1))
+    suspend = wait_done(Task.objects.get(action="student.suspend", ve=ve1))
     assert suspend.status == "completed", suspend.error
     m1.refresh_from_db(), m2.refresh_from_db(), ve1.refresh_from_db()
     assert engine.is_suspended(ve1.ctid) and not engine.is_running(ve1.ctid)
     assert (m1.asleep, m1.asleep_how) == ("idle", "suspended")
     assert ve1.status == engine.status(ve1.ctid).status and ve1.status in ("suspended", "stopped")
     assert engine.is_running(ve2.ctid) and m2.activity_at > timezone.now() - timedelta(minutes=1)
-    assert not Task.objects.filter(ve=ve2, action="suspend").exists()
+    assert not Task.objects.filter(ve=ve2, action="student.suspend").exists()
     page = client_for(teacher).get(f"/classes/{course.pk}/").content.decode()
     assert re.search(rf'<tr id="member-{m1.pk}" data-state="suspended"', page)
 
     # The student opens the console: the VE comes back with its programs.
     woke = services.wake_for_console(m1.user, ve1, wait=60)
-    assert woke is not None and woke.action == "resume" and woke.status == "completed", woke and woke.error
+    assert woke is not None and woke.action == "student.resume" and woke.status == "completed", woke and woke.error
     assert engine.is_running(ve1.ctid) and not engine.is_suspended(ve1.ctid)
     assert engine.exec(ve1.ctid, "pidof sleep").stdout.strip() == sleeper
     m1.refresh_from_db()
@@ -285,7 +286,7 @@ def test_students_are_removed_one_by_one_and_the_course_closes_itself_at_its_end
     # The end date passes: the tick stops the class and closes it; nothing is removed.
     Course.objects.filter(pk=course.pk).update(ends_on=timezone.localdate() - timedelta(days=1))
     assert tick()["closed"] == 1
-    stop = wait_done(Task.objects.get(action="stop", ve=m2.ve))
+    stop = wait_done(Task.objects.get(action="student.stop", ve=m2.ve))
     assert stop.status == "completed", stop.error
     assert not engine.is_running(m2.ve.ctid) and engine.exists(m2.ve.ctid)
     course.refresh_from_db()
@@ -295,7 +296,7 @@ def test_students_are_removed_one_by_one_and_the_course_closes_itself_at_its_end
     assert b"This course has ended" in student.get(f"/classes/{course.pk}/").content
     assert b"This course ended on" in student.post(f"/ves/{m2.ve.ctid}/start/", follow=True).content
     assert services.wake_for_console(m2.user, m2.ve) is None
-    assert not Task.objects.filter(ve=m2.ve, action__in=["start", "resume"]).exists()
+    assert not Task.objects.filter(ve=m2.ve, action__in=["start", "student.start", "student.resume"]).exists()
 
     # The teacher extends it: it is open again and the student starts their VE.
     assert tc.post(f"/classes/{course.pk}/extend/",

@@ -283,8 +283,13 @@ def test_a_watcher_sees_the_output_and_its_keys_never_reach_the_ve(console_ve, o
 
 @pytest.mark.root
 def test_a_teacher_can_take_over_and_the_takeover_is_audited(console_ve, owner, teacher, student):
+    from vzpanel.classroom.models import Course, Membership
+
     console_ve.owner = student
     console_ve.save()
+    # the teacher reaches the student's VE through a current course of theirs (and only so)
+    course = Course.objects.create(name="Shells", teacher=teacher, node=console_ve.node, ostemplate="tiny")
+    Membership.objects.create(course=course, user=student, ve=console_ve)
 
     async def go():
         student_term = Term(student, console_ve.ctid)

@@ -8,12 +8,17 @@ class ClassroomConfig(AppConfig):
 
     def ready(self):
         from vzpanel.nodes import pools
+        from vzpanel.tasks import actions
         from vzpanel.ves import services as ve_services
 
+        from . import jobs, services
         from .models import Membership
         from .services import refuse_start_after_end
 
         ve_services.register_guard(refuse_start_after_end)
+        for name, handler in jobs.HANDLERS.items():  # the per-student actions, in the one registry
+            actions.register(name, handler, label=f"{services.label(name)} (class)",
+                             creates_ve=name == services.PROVISION)
         # Students' SSH forwards hold host ports too: hosting picks around them, and they around hosting's.
         pools.SSH_PORT_HOLDERS.append(
             lambda: Membership.objects.filter(ssh_port__isnull=False).values_list("ssh_port", flat=True))

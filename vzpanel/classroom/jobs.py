@@ -125,7 +125,7 @@ def run_bulk(parent_id: int | None, child_ids: list[int]) -> str:
 def run_child(task_id: int) -> str:
     """Run one child task of a class operation through the one task pipeline, its log buffered."""
     close_old_connections()
-    return execute(task_id, HANDLERS, BufferedProgress)
+    return execute(task_id, make_progress=BufferedProgress)
 
 
 def parent_progress(parent_id: int) -> None:

@@ -45,15 +45,15 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ActionRefused", "InvalidRequest", "QuotaExceeded", "ServiceError", "wake_for_console"]
 
-# Child actions (one VE each). Provisioning and reset reuse the panel's own action names, so the VE's
-# task list and a cancel behave as for a single VE.
-PROVISION = Task.Action.CREATE
-RESET = Task.Action.REINSTALL
-START = Task.Action.START
-STOP = Task.Action.STOP
-SUSPEND = "suspend"
-RESUME = "resume"
-ARCHIVE = "archive"
+# Child actions (one student's VE each): names of their own in the one registry of task actions
+# (vzpanel.tasks.actions, registered in apps.py), so an action name means one thing whoever queued it.
+PROVISION = "student.provision"
+RESET = "student.reset"
+START = "student.start"
+STOP = "student.stop"
+SUSPEND = "student.suspend"
+RESUME = "student.resume"
+ARCHIVE = "student.archive"
 SAVE_IMAGE = "class.image"
 REMOVE_STUDENT = "class.remove"  # parent of the one `archive` child that removes a single student
 CLOSE = "class.close"  # the end date passed: the tick stops the class
@@ -67,8 +67,8 @@ PARENT = {
     ARCHIVE: "class.end",
 }
 LABELS = {
-    "create": "provision", "reinstall": "reset", "start": "start", "stop": "stop", "suspend": "suspend",
-    "resume": "resume", "archive": "archive and remove", "class.image": "freeze golden image",
+    PROVISION: "provision", RESET: "reset", START: "start", STOP: "stop", SUSPEND: "suspend",
+    RESUME: "resume", ARCHIVE: "archive and remove", "class.image": "freeze golden image",
     "class.provision": "provision the class", "class.reset": "reset", "class.start": "start",
     "class.stop": "stop", "class.suspend": "suspend", "class.end": "end the course",
     "class.idle": "idle policy", "class.session": "lab schedule", "class.remove": "remove a student",
@@ -259,7 +259,7 @@ def _bulk(user, course: Course, parent_action: str | None, items, *, request=Non
         username = user.get_username() if user is not None else ""
         who = user if user is not None and user.pk else None
         AuditEntry.objects.bulk_create([
-            AuditEntry(action=f"ve.{c.action}", user=who, username=username, ve=c.ve, ctid=c.ve.ctid,
+            AuditEntry(action=f"ve.{c.action.removeprefix('student.')}", user=who, username=username, ve=c.ve, ctid=c.ve.ctid,
                        ip=ip, task=c, result="queued", detail=f"course {course.pk}"[:500])
             for c in children
         ])
@@ -345,7 +345,7 @@ def _provision(user, course: Course, memberships, *, request, parent) -> Task:
         raise ActionRefused("This course has ended.")
     if not course.ostemplate:
         raise ActionRefused("The course has no golden image yet (it is still being frozen, or failed: see above).")
-    clean_template(course.node, course.ostemplate)
+    clean_template(course.node, course.ostemplate, course.teacher)  # its own image, or one its teacher may use
     with transaction.atomic():
         Course.objects.select_for_update().filter(pk=course.pk).first()  # one provisioning at a time per course
         members = course.students().select_related("user", "ve").filter(Q(ve__isnull=True) | Q(ve__status=VE.Status.DESTROYED))
@@ -414,7 +414,7 @@ def class_action(user, course: Course, action: str, memberships=None, *, keep_wo
     if action == "reset":
         if not course.ostemplate:
             raise ActionRefused("The course has no golden image yet.")
-        clean_template(course.node, course.ostemplate)
+        clean_template(course.node, course.ostemplate, course.teacher)
         items = [(m, ve, child, {"ostemplate": course.ostemplate, "keep_work": bool(keep_work)})
                  for m, ve, child, _ in items]
     if why:

@@ -17,6 +17,7 @@ from vzpanel.agent.errors import AgentError, NotFound
 from vzpanel.ves import hosting  # also connects its signal: a destroyed VE's addresses go back to the pool
 from vzpanel.ves.models import VE, Backup, Snapshot
 
+from . import actions
 from .errors import TaskFailed
 from .models import Task
 from .queue import publish
@@ -439,6 +440,8 @@ HANDLERS = {
     Task.Action.SSH_KEYS: do_ssh_keys,
     Task.Action.SET_FIREWALL: do_set_firewall,
 }
+for _action, _handler in HANDLERS.items():
+    actions.register(_action, _handler, creates_ve=_action in (Task.Action.CREATE, Task.Action.RESTORE_NEW))
 
 
 SNAPSHOT_TASKS = (Task.Action.SNAPSHOT, Task.Action.SNAPSHOT_ROLLBACK, Task.Action.SNAPSHOT_DELETE,
@@ -464,7 +467,7 @@ def after_failure(task: Task) -> None:
             if task.action in SNAPSHOT_TASKS:  # e.g. a snapshot deleted outside the panel: show what is there
                 sync_snapshots(ve, eng)
         except NotFound:
-            if task.action in (Task.Action.CREATE, Task.Action.RESTORE_NEW):
+            if task.action in actions.CREATES_VE:
                 mark_destroyed(ve)  # never built: give the quota back
             else:
                 ve.status = VE.Status.MISSING

@@ -94,10 +94,12 @@ class Task(models.Model):
         return f"Task {self.pk}: {self.get_action_display()}"
 
     def get_action_display(self) -> str:
+        from .actions import LABELS
+
         try:
             return self.Action(self.action).label
         except ValueError:
-            return self.action
+            return LABELS.get(self.action, self.action)
 
     @property
     def group_name(self) -> str:

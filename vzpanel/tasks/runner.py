@@ -52,15 +52,14 @@ def run_task(task_id: int, **secrets) -> str:
     return execute(task_id, **secrets)
 
 
-def execute(task_id: int, handlers: dict | None = None, make_progress=Progress, **secrets) -> str:
+def execute(task_id: int, make_progress=Progress, **secrets) -> str:
     """Claim the task with this id, run its action's handler, end it completed, failed or errored.
 
-    The one pipeline of every task, a VE's own and a class's children alike: ``handlers`` maps actions to
-    handlers (vzpanel.tasks.jobs.HANDLERS by default; the classroom passes its own), ``make_progress`` makes
-    the progress callable (live, or buffered for a class of many). A task someone else claimed, or that was
-    cancelled, is left alone.
+    The one pipeline of every task, a VE's own and a class's children alike: the handler comes from the one
+    registry of actions (vzpanel.tasks.actions), ``make_progress`` makes the progress callable (live, or
+    buffered for a class of many). A task someone else claimed, or that was cancelled, is left alone.
     """
-    from . import jobs
+    from . import actions, jobs
 
     claimed = Task.objects.filter(pk=task_id, status=Task.Status.QUEUED).update(
         status=Task.Status.RUNNING, started_at=timezone.now(), message="Started"
@@ -71,7 +70,7 @@ def execute(task_id: int, handlers: dict | None = None, make_progress=Progress, 
     progress = make_progress(task)
     progress(0, "Started on node " + task.node.name)
     try:
-        handler = (handlers or jobs.HANDLERS)[task.action]  # an unknown action is a bug: the task errors
+        handler = actions.HANDLERS[task.action]  # an unknown action is a bug: the task errors
         result = handler(task, progress, jobs.engine(task.node.name), **secrets)
         if hasattr(result, "to_dict"):  # a VEInfo
             jobs.save_info(task.ve, result)

@@ -9,7 +9,7 @@ from django.db.models import Max, Q
 
 from vzpanel.audit import log as audit
 from vzpanel.nodes.models import Node, Template
-from vzpanel.tasks import queue
+from vzpanel.tasks import actions, queue
 from vzpanel.tasks.models import Task
 
 from .models import CTID_MIN, VE, Backup
@@ -253,7 +253,7 @@ def cancel_task(user, task: Task, *, request=None) -> bool:
             task.refresh_from_db()
             raise ActionRefused(f"Task {task.pk} is {task.status}; only a queued task can be cancelled.")
         task.refresh_from_db()
-        if task.action in (Task.Action.CREATE, Task.Action.RESTORE_NEW) and task.ve.status == VE.Status.CREATING:
+        if task.action in actions.CREATES_VE and task.ve.status == VE.Status.CREATING:
             task.ve.status = VE.Status.DESTROYED
             task.ve.destroyed_at = timezone.now()
             task.ve.save(update_fields=["status", "destroyed_at", "updated_at"])
