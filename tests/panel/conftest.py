@@ -178,6 +178,36 @@ def root_agent(redis_url, panel_state, engine_root):
     log.close()
 
 
+def remove_ves_made_since(root, before: set) -> None:
+    """Destroy the VEs of engine root that are not in ``before``, and the course images made meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vzengine import Engine
+
+    engine = Engine(root)
+
+    def remove(ctid):
+        eng = Engine(root, lock_wait=30)
+        if eng.is_running(ctid):
+            eng.stop(ctid, fast=True)  # no clean shutdown to wait for: it is going
+        eng.destroy(ctid)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(remove, set(engine.ctids()) - before))
+    for t in engine.templates.list():
+        if t.name.startswith("course"):
+            engine.templates.remove(t.name)
+
+
+@pytest.fixture
+def clean_engine(engine):
+    """Destroy every VE and course image this test leaves on the engine root, even when it fails (the panel
+    numbers VEs from 101 in every test's fresh database, so a VE left behind would take the next test's id)."""
+    before = set(engine.ctids())
+    yield engine
+    remove_ves_made_since(engine.layout.root, before)
+
+
 @pytest.fixture
 def plain_agent(redis_url, panel_state, test_db_path, transactional_db):
     """A node agent with no engine root: for jobs that must never reach the engine."""
@@ -188,10 +218,14 @@ def plain_agent(redis_url, panel_state, test_db_path, transactional_db):
 
 @pytest.fixture
 def node_agent(redis_url, panel_state, test_db_path, transactional_db, engine_root):
-    """A node agent driving the private engine root."""
+    """A node agent driving the private engine root; the VEs the test made through it go afterwards."""
+    from vzengine import Engine
+
+    before = set(Engine(engine_root).ctids())
     proc = start_agent(redis_url, panel_state, test_db_path, VZ_ROOT=str(engine_root))
     yield proc
     stop_agent(proc)
+    remove_ves_made_since(engine_root, before)
 
 
 def wait_task(task, timeout=120):

@@ -47,29 +47,6 @@ def class_agent(redis_url, panel_state, test_db_path, transactional_db, engine_r
     stop_agent(proc)
 
 
-@pytest.fixture
-def clean_engine(engine):
-    """Destroy every VE and course image this test leaves on the engine root, even when it fails."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from vzengine import Engine
-
-    before = set(engine.ctids())
-    yield engine
-
-    def remove(ctid):
-        eng = Engine(engine.layout.root, lock_wait=30)
-        if eng.is_running(ctid):
-            eng.stop(ctid, fast=True)  # no clean shutdown to wait for: it is going
-        eng.destroy(ctid)
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(remove, set(engine.ctids()) - before))
-    for t in engine.templates.list():
-        if t.name.startswith("course"):
-            engine.templates.remove(t.name)
-
-
 def wait_done(task, timeout=150):
     return wait_task(task, timeout=timeout)
 
