@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,23 @@ def root_tree(root: Path) -> list[str]:
         if d.is_dir():
             out += sorted(f"{sub}/{p.name}" for p in d.iterdir())
     return out
+
+
+@contextlib.contextmanager
+def running_tiny_ves(eng, ids, addresses: dict[str, list[str]]):
+    """Create and start a tiny VE per name with its addresses; yield {name: ctid}; destroy every one made
+    afterwards, even when a create or a start fails half-way."""
+    ves, made = {}, []
+    try:
+        for name, ipadd in addresses.items():
+            ctid = next(ids)
+            made.append(ctid)
+            eng.create(ctid, "tiny", ipadd=ipadd)
+            eng.start(ctid, wait_boot=True)
+            ves[name] = ctid
+        yield ves
+    finally:
+        for ctid in made:
+            with contextlib.suppress(Exception):
+                if eng.exists(ctid):
+                    eng.destroy(ctid)

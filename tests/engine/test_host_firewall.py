@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_test_net
+from tests.engine.conftest import running_tiny_ves
 from tests.engine.test_network import BUSYBOX, host_objects, sh, tcp_banner, ve_pings, wait_for
 from vzengine import Engine
 from vzengine.network import ifname
@@ -125,18 +126,8 @@ def eng(vz_root):
 @pytest.fixture(scope="module")
 def pair(net, eng):
     """Two running tiny VEs, A and B, each with an IPv4 and an IPv6 address."""
-    ves = {}
-    try:
-        for name, n in (("A", 0x61), ("B", 0x62)):
-            ctid = next(_ids)
-            eng.create(ctid, "tiny", ipadd=[net.ip(n - 0x61 + 61), net.ip6(n)])
-            eng.start(ctid, wait_boot=True)
-            ves[name] = ctid
+    with running_tiny_ves(eng, _ids, {"A": [net.ip(61), net.ip6(0x61)], "B": [net.ip(62), net.ip6(0x62)]}) as ves:
         yield ves
-    finally:
-        for ctid in ves.values():
-            with contextlib.suppress(Exception):
-                eng.destroy(ctid)
 
 
 @pytest.fixture

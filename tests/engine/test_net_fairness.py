@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.conftest import root_tree
+from tests.engine.conftest import root_tree, running_tiny_ves
 from tests.engine.test_network import host_objects, init_pid, sh, wait_for
 from vzengine import Engine, tc
 from vzengine.network import ifb_name, ifname
@@ -36,18 +36,8 @@ def eng(vz_root):
 @pytest.fixture(scope="module")
 def trio(net, eng):
     """Three running tiny VEs, A, B and C, at net.ip(71..73) (IPv4 only)."""
-    ves = {}
-    try:
-        for name, n in (("A", 71), ("B", 72), ("C", 73)):
-            ctid = next(_ids)
-            eng.create(ctid, "tiny", ipadd=[net.ip(n)])
-            eng.start(ctid, wait_boot=True)
-            ves[name] = ctid
+    with running_tiny_ves(eng, _ids, {"A": [net.ip(71)], "B": [net.ip(72)], "C": [net.ip(73)]}) as ves:
         yield ves
-    finally:
-        for ctid in ves.values():
-            with contextlib.suppress(Exception):
-                eng.destroy(ctid)
 
 
 def in_ve(eng: Engine, ctid: int, *cmd: str) -> list[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_test_net
-from tests.engine.conftest import BIN, root_tree
+from tests.engine.conftest import BIN, root_tree, running_tiny_ves
 from vzengine import Engine, InvalidInput, Unsupported, criu
 from vzengine.lock import ve_lock
 from vzengine.network import ifname
@@ -161,18 +161,9 @@ def eng(vz_root):
 @pytest.fixture(scope="module")
 def trio(net, eng):
     """Three running tiny VEs: A, B and C, each with an IPv4 and an IPv6 address."""
-    ves = {}
-    try:
-        for name, n in (("A", 21), ("B", 22), ("C", 23)):
-            ctid = next(_ids)
-            eng.create(ctid, "tiny", ipadd=[f"{net.prefix}.{n}", f"{net.prefix6}{n}"])
-            eng.start(ctid, wait_boot=True)
-            ves[name] = ctid
+    addresses = {name: [f"{net.prefix}.{n}", f"{net.prefix6}{n}"] for name, n in (("A", 21), ("B", 22), ("C", 23))}
+    with running_tiny_ves(eng, _ids, addresses) as ves:
         yield ves
-    finally:
-        for ctid in ves.values():
-            with contextlib.suppress(Exception):
-                eng.destroy(ctid)
 
 
 @pytest.fixture(scope="module")
