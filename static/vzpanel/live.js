@@ -51,6 +51,13 @@
       if (event.type === "task" && event.task) onTask(root, event.task, !!event.snapshot);
       if (event.type === "ve" && !event.snapshot) refresh(root);
       (event.tasks || []).forEach(function (task) { onTask(root, task, true); });
+      if (event.type === "ve" && event.snapshot) {
+        // The snapshot lists the VE's active tasks: one this page shows as active that is not among them
+        // ended between the page's rendering and this connection, so no event of it will come: re-render.
+        const active = new Set((event.tasks || []).map(function (task) { return "task-" + task.id; }));
+        const shown = root.querySelectorAll('.task-panel[data-status="queued"], .task-panel[data-status="running"]');
+        if (Array.from(shown).some(function (panel) { return !active.has(panel.id); })) refresh(root);
+      }
     };
     socket.onclose = function () {
       if (!opened) { poll(root); return; }  // refused or no websockets here: poll instead

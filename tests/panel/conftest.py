@@ -347,20 +347,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def live_panel(redis_url, panel_state, test_db_path, transactional_db):
-    """The panel's real ASGI server (daphne) on a free 127.0.0.1 port; yields its base URL."""
+def start_daphne(redis_url, panel_state, test_db_path, log_name, **env):
+    """Start the panel's ASGI server (daphne) on a free localhost port; return (process, base URL)."""
     import socket
 
     port = free_port()
-    log = open(panel_state / "web.log", "ab")  # noqa: SIM115
+    log = open(panel_state / log_name, "ab")  # noqa: SIM115 - closed with the process below
     proc = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vzpanel.asgi:application"],
-        cwd=REPO, env=panel_env(redis_url, panel_state, test_db_path), stdout=log, stderr=subprocess.STDOUT,
-    )
+        cwd=REPO, env=panel_env(redis_url, panel_state, test_db_path, **env), stdout=log, stderr=subprocess.STDOUT)
+    proc.log_file = log
 
     def listening():
-        assert proc.poll() is None, "daphne exited; see web.log"
+        assert proc.poll() is None, f"daphne exited; see {panel_state / log_name}"
         try:
             socket.create_connection(("127.0.0.1", port), 0.5).close()
             return True
@@ -369,10 +368,21 @@ def live_panel(redis_url, panel_state, test_db_path, transactional_db):
 
     try:
         wait_for(listening, 30, "daphne to listen")
-        yield f"http://127.0.0.1:{port}"
-    finally:
+    except BaseException:
         stop_process(proc)
         log.close()
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
+
+@pytest.fixture
+def live_panel(redis_url, panel_state, test_db_path, transactional_db):
+    """The panel's real ASGI server (daphne) on a free 127.0.0.1 port; yields its base URL."""
+    proc, base = start_daphne(redis_url, panel_state, test_db_path, "web.log")
+    yield base
+    stop_process(proc)
+    proc.log_file.close()
 
 
 CHROMIUM = "/usr/bin/chromium"

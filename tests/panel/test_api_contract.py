@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.panel.conftest import REPO, free_port, make_ve, panel_env, stop_process, wait_for
+from tests.panel.conftest import make_ve, start_daphne, stop_process, wait_for
 
 SEED = int(os.environ.get("VZPANEL_FUZZ_SEED", "20261207"))
 CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"
@@ -35,32 +34,6 @@ EXCLUDE_ALL = ["--exclude-method", "DELETE",
                "--exclude-operation-id", "ves_backups_create"]
 # Admins have no plan limit: every valid create would build one more real VE on the node.
 EXCLUDE_ADMIN = ["--exclude-operation-id", "ves_create"]
-
-
-def start_daphne(redis_url, panel_state, test_db_path, log_name, **env):
-    """Start the panel's ASGI server on a free localhost port; return (process, base URL)."""
-    port = free_port()
-    log = open(panel_state / log_name, "ab")  # noqa: SIM115 - closed with the process below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vzpanel.asgi:application"],
-        cwd=REPO, env=panel_env(redis_url, panel_state, test_db_path, **env), stdout=log, stderr=subprocess.STDOUT)
-    proc.log_file = log
-
-    def listening():
-        assert proc.poll() is None, f"daphne exited; see {panel_state / log_name}"
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return True
-        except OSError:
-            return False
-
-    try:
-        wait_for(listening, 30, "daphne to listen")
-    except BaseException:
-        stop_process(proc)
-        log.close()
-        raise
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def get(url, token=None):

@@ -22,7 +22,7 @@ from django.test import Client
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from tests.panel.conftest import CHROMIUM, PASSWORD, REPO, free_port, panel_env, stop_process, wait_for
+from tests.panel.conftest import PASSWORD, REPO, free_port, panel_env, stop_process, wait_for
 from vzpanel.accounts import twofactor
 from vzpanel.audit.models import AuditEntry
 from vzpanel.core import clientip, tls
@@ -333,20 +333,8 @@ def panel_2fa(redis_url, panel_state, test_db_path, transactional_db):
 
 
 @pytest.fixture
-def browser_page(monkeypatch):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    from tests.panel.conftest import CHROMIUM_ARGS
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b.new_page()
-        finally:
-            b.close()
+def browser_page(browser):
+    return browser.new_page()
 
 
 def password_step(page, base, user):
