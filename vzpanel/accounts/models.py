@@ -13,6 +13,7 @@ class User(AbstractUser):
         CUSTOMER = "customer", "Customer"
         TEACHER = "teacher", "Teacher"
         STUDENT = "student", "Student"
+        RESELLER = "reseller", "Reseller"
 
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.CUSTOMER)
     plan = models.ForeignKey(
@@ -25,6 +26,15 @@ class User(AbstractUser):
         on_delete=models.SET_NULL,
         related_name="students",
         limit_choices_to={"role": "teacher"},
+    )
+    reseller = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="customers",
+        limit_choices_to={"role": "reseller"},
+        help_text="The reseller this customer belongs to; empty: the admins' own customer.",
     )
 
     @property

@@ -49,6 +49,20 @@ class Plan(models.Model):
     ipv6_addresses = models.PositiveSmallIntegerField(
         "IPv6 addresses per VE", default=0, validators=[MaxValueValidator(64)],
         help_text="IPv6 addresses each VE gets from its node's pool when it is created, and the most it may hold.")
+    traffic_gb = models.PositiveIntegerField(
+        "monthly traffic (GB)", default=0,
+        help_text="Traffic (in plus out) each VE may use per calendar month; 0: unlimited.")
+    traffic_over = models.CharField(
+        "over the traffic quota", max_length=8, default="throttle",
+        choices=[("throttle", "throttle"), ("suspend", "suspend")],
+        help_text="What happens to a VE over its monthly traffic until the month ends: its rate is cut to the "
+                  "throttle rate, or it is stopped and locked.")
+    traffic_throttle_mbit = models.PositiveIntegerField(
+        "throttle rate (Mbit/s)", default=1, validators=[MinValueValidator(1)],
+        help_text="The rate a VE over its monthly traffic is cut to, in each direction.")
+    owner = models.ForeignKey(
+        "accounts.User", null=True, blank=True, on_delete=models.PROTECT, related_name="owned_plans",
+        help_text="The reseller who made this plan and may give it to their customers; empty: the admins' plan.")
 
     class Meta:
         ordering = ["name"]

@@ -51,6 +51,7 @@ class VE(models.Model):
         RUNNING = "running", "running"
         STOPPED = "stopped", "stopped"
         SUSPENDED = "suspended", "suspended"
+        RESCUE = "rescue", "in rescue"
         MISSING = "missing", "missing"
         DESTROYED = "destroyed", "destroyed"
 
@@ -65,6 +66,10 @@ class VE(models.Model):
     ostemplate = models.CharField("OS template", max_length=100)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATING)
     ip_addresses = models.JSONField(default=list, blank=True)
+    locked = models.CharField(
+        max_length=200, blank=True,
+        help_text="Why the VE is locked against its owner (e.g. suspended by billing, or over its traffic); "
+                  "empty: not locked. A locked VE stays stopped and its owner cannot start or change it.")
     nproc = models.PositiveIntegerField(null=True, blank=True)
     limits = models.JSONField(default=dict, blank=True, help_text="plan limits at creation")
     usage = models.JSONField(default=dict, blank=True)
