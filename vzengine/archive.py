@@ -36,7 +36,6 @@ VE files non-blocking and regular files only), sparse files, xattrs, ACLs and ca
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import grp
 import os
 import pwd
@@ -50,10 +49,20 @@ from pathlib import Path
 from typing import NoReturn
 
 from .errors import CommandFailed, InvalidInput
+from .tarstream import (
+    BLOCK,
+    CHUNK,
+    NO_DATA,
+    ZERO_BLOCK,
+    TarStream,
+    big_pipe,
+    checksum_ok,
+    number,
+    octal,
+    pax_records,
+    tail,
+)
 
-BLOCK = 512
-ZERO_BLOCK = bytes(BLOCK)
-CHUNK = 1 << 20
 _META_MAX = 1 << 20  # a pax header or GNU long name larger than this is not one tar wrote
 EXTRACT_OPTIONS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--same-permissions",
                    "--same-owner"]
@@ -63,7 +72,6 @@ EXTRACT_OPTIONS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"
 HARMLESS_DEVICES = {(0, 0), (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2)}
 _KINDS = {b"0": "file", b"\0": "file", b"7": "file", b"1": "hard link", b"2": "symbolic link",
           b"3": "character device", b"4": "block device", b"5": "directory", b"6": "FIFO"}
-_NO_DATA = {b"1", b"2", b"3", b"4", b"5", b"6"}
 _PAX_KEYS = {"path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime", "atime", "ctime",
              "hdrcharset", "charset", "comment", "GNU.sparse.major", "GNU.sparse.minor", "GNU.sparse.name",
              "GNU.sparse.realsize", "GNU.sparse.size", "GNU.sparse.numblocks", "GNU.sparse.offset",
@@ -85,50 +93,6 @@ def _show(name: bytes, limit: int = 120) -> str:
     text = name.decode("utf-8", "backslashreplace")
     text = text if len(text) <= limit else text[:limit] + "…"
     return repr(text)
-
-
-def _octal(field: bytes) -> int | None:
-    s = field.replace(b"\0", b" ").strip()
-    if not s:
-        return 0
-    try:
-        return int(s, 8)
-    except ValueError:
-        return None
-
-
-def _number(field: bytes) -> int | None:
-    """A numeric header field: octal, or GNU base-256; None when it is neither (or negative)."""
-    if field[0] == 0x80:
-        return int.from_bytes(field[1:], "big")
-    if field[0] & 0x80:
-        return None
-    return _octal(field)
-
-
-def _pax_records(data: bytes) -> list[tuple[str, bytes]] | None:
-    """The (key, value) records of a pax extended header, in order; None if it is malformed."""
-    out = []
-    i = 0
-    while i < len(data):
-        if data[i:].strip(b"\0") == b"":
-            break
-        sp = data.find(b" ", i)
-        if sp < 0 or not data[i:sp].isdigit():
-            return None
-        length = int(data[i:sp])
-        end = i + length
-        if length <= sp - i + 1 or end > len(data) or data[end - 1:end] != b"\n":
-            return None
-        key, eq, value = data[sp + 1:end - 1].partition(b"=")
-        if not eq:
-            return None
-        try:
-            out.append((key.decode("ascii"), value))
-        except UnicodeDecodeError:
-            return None
-        i = end
-    return out
 
 
 def _pax_bytes(records: list[tuple[str, bytes]]) -> bytes:
@@ -161,7 +125,7 @@ def _id_field(value: int) -> bytes:
     return b"%07o\0" % value if value <= 0o7777777 else bytes([0x80]) + value.to_bytes(7, "big")
 
 
-class TarFilter:
+class TarFilter(TarStream):
     """Parse a tar stream, pass safe members to ``sink`` and refuse the archive at the first unsafe one.
 
     ``top`` is the tree's top member (``b"root"``, ``b"."``); ``ids`` the VE's (base, size);
@@ -172,6 +136,7 @@ class TarFilter:
 
     def __init__(self, sink: Callable[[bytes | memoryview], object], top: bytes, ids: tuple[int, int],
                  label: str, done: str = "nothing was extracted", passthrough: re.Pattern | None = None):
+        super().__init__()
         self.sink = sink
         self.top = top
         self.lo, self.hi = ids[0], ids[0] + ids[1]
@@ -179,16 +144,11 @@ class TarFilter:
         self.label = label
         self.done = done
         self.passthrough = passthrough
-        self.ended = False
         self.members = 0
         self.left_out: list[str] = []
         self.kinds: dict[bytes, bytes] = {}  # every member's path below top -> its type (links: the target's)
         self.dirs: set[bytes] = {b""}  # every directory tar made on the way to a member
         self.symlinks: set[bytes] = set()
-        self._hdr = bytearray()
-        self._left = 0  # bytes of the current entry's data (with padding) still to come
-        self._take = 0  # how much of that is data being captured (not padding)
-        self._capture: bytearray | None = None
         self._meta_kind = b""
         self._forward = True
         # The extended headers before the member they describe, as (type, header, data); a pax
@@ -200,39 +160,16 @@ class TarFilter:
         self._out = bytearray()
 
     # --- the stream ------------------------------------------------------------------------
-    def feed(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        i, n = 0, len(view)
-        while i < n and not self.ended:
-            if self._left:
-                k = min(self._left, n - i)
-                piece = view[i:i + k]
-                if self._capture is not None:
-                    t = min(self._take, k)
-                    self._capture.extend(piece[:t])
-                    self._take -= t
-                elif self._forward:
-                    if k >= 65536:
-                        self.flush()
-                        self.sink(piece)
-                    else:
-                        self._out.extend(piece)
-                        if len(self._out) >= CHUNK:
-                            self.flush()
-                self._left -= k
-                i += k
-                if not self._left and self._capture is not None:
-                    self._end_meta()
-                continue
-            k = min(BLOCK - len(self._hdr), n - i)
-            self._hdr.extend(view[i:i + k])
-            i += k
-            if len(self._hdr) == BLOCK:
-                block = bytes(self._hdr)
-                self._hdr.clear()
-                self._header(block)
-        if self.ended:
+    def _data(self, piece: memoryview) -> None:
+        if self._capture is not None or not self._forward:
+            return
+        if len(piece) >= 65536:
             self.flush()
+            self.sink(piece)
+        else:
+            self._out.extend(piece)
+            if len(self._out) >= CHUNK:
+                self.flush()
 
     def flush(self) -> None:
         if self._out:
@@ -249,7 +186,7 @@ class TarFilter:
                 self._refuse(None, "it ends after a header that describes no member")
             self.ended = True
             return
-        if _octal(block[148:156]) != sum(block[:148]) + 256 + sum(block[156:]):
+        if not checksum_ok(block):
             self._refuse(None, f"a damaged tar header follows member {self.members}")
         if block[257:263] == b"ustar\0":
             prefix = block[345:500].split(b"\0", 1)[0]
@@ -261,7 +198,7 @@ class TarFilter:
         if prefix:
             name = prefix + b"/" + name
         kind = block[156:157]
-        size = _number(block[124:136])
+        size = number(block[124:136])
         if size is None:
             self._refuse(name, "has a damaged size field")
         if kind in (b"x", b"L", b"K"):
@@ -272,11 +209,7 @@ class TarFilter:
                 self._refuse(name, f"has an extended header of {size} bytes")
             self._meta_block = block
             self._meta_kind = kind
-            self._capture = bytearray()
-            self._take = size
-            self._left = (size + BLOCK - 1) // BLOCK * BLOCK
-            if not self._left:
-                self._end_meta()
+            self._expect(size, capture=True)
             return
         if kind == b"g":
             self._refuse(name, "is a global pax header, which changes every member after it")
@@ -288,7 +221,7 @@ class TarFilter:
         self._meta_kind = b""
         if "size" in pax:
             size = self._decimal(name, pax, "size")[0]
-        if kind in _NO_DATA and size:
+        if kind in NO_DATA and size:
             self._refuse(name, f"is a {_KINDS[kind]} that carries {size} bytes of data")
         keep, strip, block = self._check(block, kind, name, pax, longname, longlink)
         if keep:
@@ -303,13 +236,11 @@ class TarFilter:
             self.members += 1
         self._pending.clear()
         self._forward = keep
-        self._left = (size + BLOCK - 1) // BLOCK * BLOCK
+        self._expect(size)
 
-    def _end_meta(self) -> None:
-        data = bytes(self._capture)
-        self._capture = None
+    def _captured(self, data: bytes) -> None:
         if self._meta_kind == b"x":
-            records = _pax_records(data)
+            records = pax_records(data)
             if records is None:
                 self._refuse(None, "it holds a damaged pax header")
             pax: dict[str, list[bytes]] = {}
@@ -368,14 +299,14 @@ class TarFilter:
             if key not in _PAX_KEYS and not key.startswith(_XATTR):
                 self._refuse(name, f"has pax record {key!r}, which backups and templates never hold")
         strip, stripped = self._check_xattrs(pax)
-        uids = self._decimal(name, pax, "uid") or [_number(block[108:116])]
-        gids = self._decimal(name, pax, "gid") or [_number(block[116:124])]
+        uids = self._decimal(name, pax, "uid") or [number(block[108:116])]
+        gids = self._decimal(name, pax, "gid") or [number(block[116:124])]
         if any(i is None or not self.lo <= i < self.hi for i in uids + gids):
             # A host id (root's, say): the VE saw such a file as its nobody, so it gets that owner
             # for real, and loses set-id bits it may only have under an owner of the VE's.
             uid = uids[0] if uids[0] is not None and self.lo <= uids[0] < self.hi else self.nobody
             gid = gids[0] if gids[0] is not None and self.lo <= gids[0] < self.hi else self.nobody
-            mode = _octal(block[100:108]) or 0
+            mode = octal(block[100:108]) or 0
             b = bytearray(block)
             b[100:108] = b"%07o\0" % (mode & ~0o6000)
             b[108:116] = _id_field(uid)
@@ -405,7 +336,7 @@ class TarFilter:
                 self._check_symlink(name, paths, t)
             kind_seen = kind
         elif kind in (b"3", b"4"):
-            dev = (_number(block[329:337]), _number(block[337:345]))
+            dev = (number(block[329:337]), number(block[337:345]))
             keep = kind == b"3" and dev in HARMLESS_DEVICES
             kind_seen = kind if keep else b"-"
         else:
@@ -527,17 +458,6 @@ def left_out_message(left_out: list[str]) -> str:
 
 # --- extraction ------------------------------------------------------------------------------
 
-def _big_pipe(f) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
-
-
-def _tail(f) -> str:
-    f.seek(0)
-    lines = f.read().decode(errors="replace").strip().splitlines()
-    return " ".join(lines[-3:])[-300:] if lines else "no error output"
-
-
 class SafeExtract:
     """``tar -x`` into ``dest`` fed only what a ``TarFilter`` lets through; use as a context manager.
 
@@ -559,7 +479,7 @@ class SafeExtract:
         self._tar = subprocess.Popen(["tar", "-x", *EXTRACT_OPTIONS, "-C", str(self.dest), "-f", "-",
                                       *self.members], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=self._err)
-        _big_pipe(self._tar.stdin)
+        big_pipe(self._tar.stdin)
         return self
 
     def _write(self, data) -> None:
@@ -567,7 +487,7 @@ class SafeExtract:
             self._tar.stdin.write(data)
         except BrokenPipeError:
             self._tar.wait()
-            raise CommandFailed(f"tar failed while extracting {self.label}: {_tail(self._err)}") from None
+            raise CommandFailed(f"tar failed while extracting {self.label}: {tail(self._err)}") from None
 
     def feed(self, data: bytes | memoryview) -> None:
         self.filter.feed(data)
@@ -583,7 +503,7 @@ class SafeExtract:
         self._write(ZERO_BLOCK * 2)
         self._tar.stdin.close()
         if self._tar.wait() != 0:
-            raise CommandFailed(f"tar failed while extracting {self.label}: {_tail(self._err)}")
+            raise CommandFailed(f"tar failed while extracting {self.label}: {tail(self._err)}")
 
     def __exit__(self, *exc) -> None:
         tar = self._tar
@@ -604,14 +524,14 @@ def extract_zst(path: Path, dest: Path, top: bytes, ids: tuple[int, int], label:
             raise InvalidInput(f"{label}: {path} is not a regular file")
         zstd = subprocess.Popen(["zstd", "-q", "-dc"], stdin=f, stdout=subprocess.PIPE, stderr=zerr)
         try:
-            _big_pipe(zstd.stdout)
+            big_pipe(zstd.stdout)
             while chunk := zstd.stdout.read1(CHUNK):
                 ex.feed(chunk)
                 if ex.filter.ended:
                     break
             if not ex.filter.ended:
                 zstd.wait()
-                raise InvalidInput(f"{label}: {path} is truncated or damaged ({_tail(zerr)}); {done}")
+                raise InvalidInput(f"{label}: {path} is truncated or damaged ({tail(zerr)}); {done}")
         finally:
             with contextlib.suppress(OSError):
                 zstd.stdout.close()

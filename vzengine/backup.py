@@ -38,6 +38,18 @@ from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, Unsupp
 from .layout import read_kv
 from .rollback import Rollback
 from .run import which
+from .tarstream import (
+    BLOCK,
+    CHUNK,
+    NO_DATA,
+    ZERO_BLOCK,
+    TarStream,
+    big_pipe,
+    checksum_ok,
+    number,
+    pax_records,
+    tail,
+)
 from .veconf import VEConfig
 
 if TYPE_CHECKING:
@@ -51,9 +63,6 @@ INFO = "vzbackup/info.json"
 CONF = "vzbackup/ve.conf"
 MANIFEST = "vzbackup/manifest.json"
 OURS = "vzbackup/"
-BLOCK = 512
-ZERO_BLOCK = bytes(BLOCK)
-CHUNK = 1 << 20
 SUFFIX = ".tar.zst"
 # What _write names its archives: ve-<CTID>-<YYYYMMDD>-<HHMMSS>[-<n>].tar.zst.
 NAME_RE = re.compile(r"ve-[0-9]{1,10}-[0-9]{8}-[0-9]{6}(?:-[0-9]{1,6})?\.tar\.zst")
@@ -61,7 +70,6 @@ _OURS_RE = re.compile(rb"vzbackup/(?:info\.json|ve\.conf|manifest\.json)")
 TAR_OPTIONS = ["--format=posix", "--pax-option=delete=atime,delete=ctime", "--numeric-owner", "--xattrs",
                "--xattrs-include=*", "--acls"]
 # Header types that carry no data (POSIX: hard link, symlink, devices, directory, FIFO).
-_NO_DATA = {b"1", b"2", b"3", b"4", b"5", b"6"}
 # Headers that describe the member after them (pax extended, GNU long name/link).
 _META = {b"x", b"g", b"L", b"K"}
 _CAPTURE_MAX = 1 << 20
@@ -77,7 +85,7 @@ class BadArchive(InvalidInput):
 
 # --- the archive format ----------------------------------------------------------------------
 
-class TarScanner:
+class TarScanner(TarStream):
     """Follow a tar byte stream header by header: hash it, count its members, keep our own small ones.
 
     Member data passes through untouched (to ``sink``, when given). The end-of-archive block is
@@ -85,21 +93,18 @@ class TarScanner:
     """
 
     def __init__(self, sink: Callable[[bytes | memoryview], object] | None = None):
+        super().__init__()
         self.sink = sink
         self.sha = hashlib.sha256()
         self.offset = 0  # bytes accepted so far (before the end-of-archive block)
         self.members = 0  # entries of the VE's tree (files, directories, links, devices)
         self.data_bytes = 0  # bytes of regular-file data among them
-        self.ended = False
         self.names: list[str] = []  # our own members, in order
         self.captured: dict[str, bytes] = {}
         self.hash_before: dict[str, str] = {}  # our member -> SHA-256 of all bytes before its header
         self.offset_before: dict[str, int] = {}
         self.first: str | None = None
-        self._hdr = bytearray()
-        self._left = 0  # data (with padding) of the current member still to pass
-        self._take = 0  # how much of it is data rather than padding
-        self._cap: tuple[str, bytearray] | None = None
+        self._cap_name = ""  # the member being captured: one of ours, or "\0pax"
         self._pax_size: int | None = None
         self._overridden = False  # the next header's name was set by a pax/GNU header before it
         self._out = bytearray()
@@ -118,39 +123,14 @@ class TarScanner:
                 self.sink(self._out)
             self._out = bytearray()
 
-    def feed(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        i, n = 0, len(view)
-        while i < n and not self.ended:
-            if self._left:
-                k = min(self._left, n - i)
-                piece = view[i:i + k]
-                if self._cap is not None and self._take:
-                    t = min(self._take, k)
-                    self._cap[1].extend(piece[:t])
-                    self._take -= t
-                self._emit(piece)
-                self._left -= k
-                i += k
-                if not self._left and self._cap is not None:
-                    self._finish_capture()
-                continue
-            k = min(BLOCK - len(self._hdr), n - i)
-            self._hdr.extend(view[i:i + k])
-            i += k
-            if len(self._hdr) == BLOCK:
-                block = bytes(self._hdr)
-                self._hdr.clear()
-                self._header(block)
-        if self.ended:
-            self.flush()
+    def _data(self, piece: memoryview) -> None:
+        self._emit(piece)
 
     def _header(self, block: bytes) -> None:
         if block == ZERO_BLOCK:
             self.ended = True
             return
-        stored = _octal(block[148:156], "checksum")
-        if stored not in (sum(block[:148]) + 256 + sum(block[156:]),):
+        if not checksum_ok(block):
             raise BadArchive(f"damaged tar header at byte {self.offset} of the archive")
         name = block[:100].split(b"\0", 1)[0]
         if block[257:263] == b"ustar\x00":
@@ -158,7 +138,9 @@ class TarScanner:
             if prefix:
                 name = prefix + b"/" + name
         kind = block[156:157]
-        size = _size(block[124:136])
+        size = number(block[124:136])
+        if size is None:
+            raise BadArchive(f"damaged tar header (size field) at byte {self.offset} of the archive")
         if kind not in _META and self._pax_size is not None:
             size = self._pax_size
         text = name.decode("utf-8", "replace")
@@ -180,61 +162,24 @@ class TarScanner:
                 self.members += 1
                 if kind in (b"0", b"\0", b"7", b"S"):
                     self.data_bytes += size
-        has_data = kind not in _NO_DATA
-        if not has_data or size == 0:
-            if ours:
-                self.captured[text] = b""
-            return
+        if kind in NO_DATA:
+            size = 0
         if (ours or kind in (b"x", b"g")) and size > _CAPTURE_MAX:
             raise BadArchive(f"member {text} is too large for a vzpanel backup's own file")
-        if ours or kind == b"x":
-            self._cap = (text if ours else "\0pax", bytearray())
-        self._take = size
-        self._left = (size + BLOCK - 1) // BLOCK * BLOCK
+        self._cap_name = text if ours else "\0pax"
+        self._expect(size, capture=ours or kind == b"x")
 
-    def _finish_capture(self) -> None:
-        name, data = self._cap
-        self._cap = None
-        if name == "\0pax":
-            self._pax_size = _pax_size(bytes(data))
-        else:
-            self.captured[name] = bytes(data)
-
-
-def _octal(field: bytes, what: str) -> int:
-    s = field.replace(b"\0", b" ").strip()
-    try:
-        return int(s, 8) if s else 0
-    except ValueError:
-        raise BadArchive(f"damaged tar header ({what} field)") from None
-
-
-def _size(field: bytes) -> int:
-    if field[0] & 0x80:  # GNU base-256
-        return int.from_bytes(field[1:], "big")
-    return _octal(field, "size")
-
-
-def _pax_size(data: bytes) -> int | None:
-    """The ``size`` record of a pax extended header, if any."""
-    i = 0
-    found = None
-    while i < len(data):
-        sp = data.find(b" ", i)
-        if sp < 0:
-            break
-        try:
-            length = int(data[i:sp])
-        except ValueError:
-            raise BadArchive("damaged pax header") from None
-        rec = data[sp + 1:i + length - 1]
-        key, _, value = rec.partition(b"=")
-        if key == b"size":
-            found = int(value)
-        if length <= 0:
-            break
-        i += length
-    return found
+    def _captured(self, data: bytes) -> None:
+        if self._cap_name != "\0pax":
+            self.captured[self._cap_name] = data
+            return
+        records = pax_records(data)
+        if records is None:
+            raise BadArchive("damaged pax header")
+        sizes = [v for k, v in records if k == "size"]
+        if sizes and not sizes[-1].isdigit():
+            raise BadArchive("damaged pax header (size record)")
+        self._pax_size = int(sizes[-1]) if sizes else None
 
 
 def member(name: str, data: bytes) -> bytes:
@@ -337,8 +282,8 @@ def _pipe_out(conf: VEConfig, conf_bytes: bytes, src: Path, partial: Path, info:
             tar = subprocess.Popen(["tar", "-c", *TAR_OPTIONS, "--sparse", "-b2048",
                                     "--transform", r"s,^\.,root,S", "-C", str(src), "-f", "-", "."],
                                    stdout=subprocess.PIPE, stderr=terr)
-            _big_pipe(tar.stdout)
-            _big_pipe(zstd.stdin)
+            big_pipe(tar.stdout)
+            big_pipe(zstd.stdin)
             scanner = TarScanner(sink=zstd.stdin.write)
             scanner.feed(member(INFO, json.dumps(info, indent=1).encode()))
             scanner.feed(member(CONF, conf_bytes))
@@ -354,7 +299,7 @@ def _pipe_out(conf: VEConfig, conf_bytes: bytes, src: Path, partial: Path, info:
                     progress(pct, f"backed up {done / 1e6:.0f} MB{of} ({done / 1e6 / (now - t0):.0f} MB/s)")
             tar.stdout.close()
             if tar.wait() != 0:
-                raise CommandFailed(f"tar failed while backing up VE {conf.ctid}: {_tail(terr)}")
+                raise CommandFailed(f"tar failed while backing up VE {conf.ctid}: {tail(terr)}")
             if not scanner.ended:
                 raise CommandFailed(f"tar's output for VE {conf.ctid} ended without an end-of-archive block")
             scanner.flush()
@@ -368,9 +313,9 @@ def _pipe_out(conf: VEConfig, conf_bytes: bytes, src: Path, partial: Path, info:
             zstd.stdin.write(member(MANIFEST, json.dumps(manifest, indent=1).encode()) + ZERO_BLOCK * 2)
             zstd.stdin.close()
             if zstd.wait() != 0:
-                raise CommandFailed(f"zstd failed while writing {partial}: {_tail(zerr)}")
+                raise CommandFailed(f"zstd failed while writing {partial}: {tail(zerr)}")
         except BrokenPipeError:
-            raise CommandFailed(f"zstd failed while writing {partial}: {_tail(zerr)}") from None
+            raise CommandFailed(f"zstd failed while writing {partial}: {tail(zerr)}") from None
         finally:
             if tar is not None:
                 _reap(tar)
@@ -378,12 +323,6 @@ def _pipe_out(conf: VEConfig, conf_bytes: bytes, src: Path, partial: Path, info:
         out_f.flush()
         os.fsync(out_f.fileno())
     return manifest
-
-
-def _big_pipe(f) -> None:
-    """Grow a pipe to 1 MiB: fewer, larger reads and writes between the tools and us."""
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
 
 
 def _reap(proc: subprocess.Popen) -> None:
@@ -394,12 +333,6 @@ def _reap(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait()
-
-
-def _tail(f) -> str:
-    f.seek(0)
-    lines = f.read().decode(errors="replace").strip().splitlines()
-    return " ".join(lines[-3:])[-300:] if lines else "no error output"
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -560,7 +493,7 @@ def _scan(f: BinaryIO, path: str, sink: Callable[[bytes | memoryview], object] |
     os.lseek(f.fileno(), 0, os.SEEK_SET)  # zstd reads the descriptor itself
     with tempfile.TemporaryFile() as errf:
         zstd = subprocess.Popen(["zstd", "-q", "-dc"], stdin=f, stdout=subprocess.PIPE, stderr=errf)
-        _big_pipe(zstd.stdout)
+        big_pipe(zstd.stdout)
         try:
             while chunk := zstd.stdout.read1(CHUNK):
                 scanner.feed(chunk)
@@ -579,7 +512,7 @@ def _scan(f: BinaryIO, path: str, sink: Callable[[bytes | memoryview], object] |
             rc = zstd.wait()
         finally:
             _reap(zstd)
-        zerr = _tail(errf)
+        zerr = tail(errf)
     if rc != 0 and not scanner.ended:
         low = zerr.lower()
         if "unknown header" in low or "unsupported format" in low or "not in zstd format" in low:
