@@ -19,8 +19,13 @@ def test_a_ve_root_is_a_btrfs_snapshot_of_its_template(engine, new_ctid, vz_root
     engine.create(ctid, "tiny")
     private = vz_root / f"pool/private/{ctid}"
     assert os.lstat(private).st_ino == 256  # a subvolume root
-    show = subprocess.run(["btrfs", "subvolume", "show", str(private)], capture_output=True, text=True).stdout
-    assert "templates/tiny" in show or "Parent UUID" in show
+    def uuids(path) -> dict:
+        out = subprocess.run(["btrfs", "subvolume", "show", str(path)], capture_output=True, text=True,
+                             check=True).stdout
+        return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}
+
+    # A snapshot, not a copy: its parent is the template's own subvolume.
+    assert uuids(private)["Parent UUID"] == uuids(engine.layout.template_root("tiny"))["UUID"]
     assert private.stat().st_uid == engine.layout.idmap[0]  # shifted into the VE's id range
 
 
