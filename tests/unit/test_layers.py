@@ -33,3 +33,11 @@ def test_the_agents_client_side_loads_no_engine_and_no_django():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vzengine', 'django')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_engines_validation_and_errors_load_alone():
+    """The panel may check input by the engine's own rules without loading the engine (or being root)."""
+    code = ("import sys, vzengine.validate, vzengine.errors; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'vzengine'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['vzengine', 'vzengine.errors', 'vzengine.validate']"
