@@ -524,8 +524,31 @@ class Engine:
     def _stop(self, conf: VEConfig, timeout: int | None, fast: bool, progress: Progress) -> None:
         timeout = int(self.layout.settings["STOP_TIMEOUT"]) if timeout is None else timeout
         progress(20, "killing the VE's processes" if fast else f"shutting down (up to {timeout} s)")
-        self.lxc.stop(conf.ctid, timeout=timeout, kill=fast)
+        if not fast:
+            self._shut_down(conf.ctid, timeout)
+        if self.lxc.state(conf.ctid) != "STOPPED":
+            self.lxc.stop(conf.ctid, timeout=0, kill=True)
         self._after_stop(conf)
+
+    def _shut_down(self, ctid: int, timeout: int) -> None:
+        """Ask the VE's init to shut down and wait until it has, or until only init is left, or the timeout.
+
+        Once every other process has exited, init has nothing left to stop: BusyBox's init would still
+        sleep two seconds (a tiny VE took 2.5 s to stop), others sync and power off. The caller kills it
+        then, which ends the VE at once. A process that ignores the halt keeps the VE up to the timeout.
+        """
+        self.lxc.halt(ctid)
+        deadline = time.monotonic() + timeout
+        rel = self.layout.cgroup_dir(ctid)
+        while time.monotonic() < deadline:
+            tasks = cgroups.read("pids", rel, "pids.current")
+            if tasks is None or not tasks.strip().isdigit():  # no task count: wait for LXC to see it stop
+                if self.lxc.state(ctid) != "STOPPED":
+                    self.lxc.stop(ctid, timeout=max(1, int(deadline - time.monotonic())))
+                return
+            if int(tasks) <= 1:
+                return
+            time.sleep(0.02)
 
     def _after_stop(self, conf: VEConfig) -> None:
         for feature in self.features:

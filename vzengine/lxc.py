@@ -42,6 +42,10 @@ class LXC:
         cmd += ["-k"] if kill else ["-t", str(timeout)]
         run(cmd, what=f"stop VE {ctid}", timeout=timeout + 30)
 
+    def halt(self, ctid: int) -> None:
+        """Send the VE's init its halt signal (lxc.signal.halt) and return without waiting."""
+        run(["lxc-stop", *self._args(ctid), "--nowait"], what=f"stop VE {ctid}", timeout=30)
+
     def state(self, ctid: int) -> str:
         """RUNNING, STOPPED, STARTING, STOPPING, ... as LXC reports it."""
         proc = run(["lxc-info", *self._args(ctid), "-s", "-H"], check=False)

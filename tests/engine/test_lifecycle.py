@@ -105,3 +105,20 @@ def test_it_runs_debian_with_its_init_and_sshd(engine, new_ctid, template):
         assert failed == "", failed
     engine.stop(ctid)
     assert not engine.status(ctid).running
+
+
+def test_stop_lets_processes_finish_on_term_and_kills_those_that_ignore_it(engine, tiny_ve):
+    """A stop sends init its halt signal; the VE ends as soon as init is the only process left (BusyBox's
+    init would sleep two more seconds), so a process that exits on TERM gets to finish first, and one that
+    ignores TERM is killed when the timeout runs out."""
+    engine.exec(tiny_ve, "(trap 'sleep 0.5; echo done > /root/termed; exit 0' TERM; "
+                         "while :; do sleep 0.05; done) >/dev/null 2>&1 &")
+    engine.stop(tiny_ve)
+    assert not engine.is_running(tiny_ve)
+    assert (engine.layout.private(tiny_ve) / "root/termed").read_text() == "done\n"
+
+    engine.start(tiny_ve, wait_boot=True)
+    engine.exec(tiny_ve, "(trap '' TERM; while :; do sleep 0.05; done) >/dev/null 2>&1 &")
+    engine.stop(tiny_ve, timeout=2)
+    assert not engine.is_running(tiny_ve)
+    assert engine.lxc.state(tiny_ve) == "STOPPED"
