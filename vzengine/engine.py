@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cgroups, idmap, idmount, rootfs, validate
+from . import cgroups, idmap, idmount, rescue, rootfs, validate
 from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, StateError, Unsupported, VZError
 from .features import Feature, load_features
 from .layout import Layout
@@ -82,9 +82,12 @@ class Engine:
             os.chmod(self.layout.pool / sub, 0o711)
         self._ready = True
 
+    @contextlib.contextmanager
     def _lock(self, ctid: int, operation: str):
         self.ensure_ready()
-        return ve_lock(self.layout.lockdir, ctid, operation, wait=self.lock_wait)
+        with ve_lock(self.layout.lockdir, ctid, operation, wait=self.lock_wait):
+            rescue.check_operation(self, ctid, operation)  # a VE in rescue: no start, snapshot, backup, ...
+            yield
 
     def config(self, ctid: int) -> VEConfig:
         ctid = validate.ctid(ctid)
@@ -106,8 +109,8 @@ class Engine:
         return sorted(out)
 
     def _spec(self, conf: VEConfig) -> TemplateSpec:
-        try:
-            return self.templates.spec(conf.ostemplate)
+        try:  # in rescue mode, the rescue system's template is the one that boots
+            return self.templates.spec(rescue.template_of(self, conf.ctid) or conf.ostemplate)
         except NotFound:  # the template was removed since: assume a generic systemd system
             return TemplateSpec(name=conf.ostemplate, description="", init="systemd",
                                 halt_signal="SIGRTMIN+3", boot_check="true", version=0)
@@ -171,7 +174,10 @@ class Engine:
         os.chmod(target.parent, 0o710)
         target.mkdir(mode=0o755)
         try:
-            idmount.mount_idmapped(self.layout.private(ctid), target, outer=base, inner=host, size=size)
+            if rescue.is_active(self, ctid):  # the rescue system's root, with the VE's own for its /mnt
+                rescue.mount_roots(self, ctid, target, host)
+            else:
+                idmount.mount_idmapped(self.layout.private(ctid), target, outer=base, inner=host, size=size)
         except BaseException:
             with contextlib.suppress(VZError):
                 self._drop_root_mount(ctid)
@@ -186,7 +192,7 @@ class Engine:
         if idmount.mount_points(top):
             raise StateError(f"{top} is still mounted: unmount it by hand (umount -l) and try again")
         # Removed, not left empty: LXC must fail on a missing mount, never boot an empty directory.
-        for d in (self.layout.ve_mount(ctid), top):
+        for d in (self.layout.ve_mount(ctid), rescue.disk_mount(self.layout, ctid), top):
             try:
                 d.rmdir()
             except FileNotFoundError:
@@ -218,7 +224,8 @@ class Engine:
         extra: dict = {}
         for feature in self.features:
             extra.update(feature.info(conf, bool(n)))
-        status = "running" if n else "suspended" if extra.get("suspended") else "stopped"
+        status = ("rescue" if extra.get("rescue") else "running" if n
+                  else "suspended" if extra.get("suspended") else "stopped")
         return VEInfo(
             ctid=conf.ctid,
             status=status,
@@ -577,7 +584,10 @@ class Engine:
             if not conf.onboot or self.is_running(ctid):
                 continue
             try:
-                self.start(ctid)
+                if rescue.is_active(self, ctid):  # in rescue when the host went down: its rescue system comes back
+                    rescue.enter(self, ctid)
+                else:
+                    self.start(ctid)
                 progress(0, f"VE {ctid} started")
             except VZError as e:
                 failed.append((ctid, e.message))

@@ -33,6 +33,7 @@ FEATURES: dict[str, str] = {
     "resources": "vzengine.resources:ResourcesFeature",
     "snapshots": "vzengine.snapshots:SnapshotsFeature",
     "vefirewall": "vzengine.vefirewall:VEFirewallFeature",
+    "rescue": "vzengine.rescue:RescueFeature",
 }
 
 

@@ -1480,7 +1480,7 @@ holder=
 read -r holder 2>/dev/null < "{lay.lockdir}/$ctid.lock"
 case "$holder" in
 "") mode=now ;;
-"start (pid "*|"restart (pid "*|"resume (pid "*) mode=skip ;;
+"start (pid "*|"restart (pid "*|"resume (pid "*|"rescue (pid "*|"rescue-leave (pid "*) mode=skip ;;
 *) mode=later ;;
 esac
 if [ "$mode" != now ]; then

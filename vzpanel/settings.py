@@ -79,6 +79,8 @@ VZ_ROOT = os.environ.get("VZ_ROOT", "")
 BACKUP_DIR = os.environ.get("VZPANEL_BACKUP_DIR", "")
 VZPANEL_WEB_USER = os.environ.get("VZPANEL_WEB_USER", "vzpanel")
 RECONCILE_INTERVAL = int(os.environ.get("VZPANEL_RECONCILE_INTERVAL", "30"))
+# Seconds between two usage samples of every VE for the graphs (vzpanel/metrics/).
+METRICS_INTERVAL = max(1, int(os.environ.get("VZPANEL_METRICS_INTERVAL", "10")))
 # Task workers (RQ, the web user) `serve` starts: a long task (a backup, a class reset) on one VE must not
 # hold up another customer's start. The engine locks each VE; the panel runs one task per VE at a time.
 TASK_WORKERS = max(1, int(os.environ.get("VZPANEL_WORKERS") or os.environ.get("VZPANEL_AGENT_WORKERS") or "3"))
@@ -118,6 +120,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served as our own static files at /api/docs/
     "django_rq",
     "channels",
     "axes",  # before vzpanel.accounts: its failed-login receiver runs first, the audit's after it
@@ -135,6 +138,11 @@ INSTALLED_APPS = [
     "vzpanel.console",
     "vzpanel.classroom",
     "vzpanel.sso",
+    "vzpanel.dashboard",
+    "vzpanel.resellers",
+    "vzpanel.metrics",
+    "vzpanel.traffic",
+    "vzpanel.billing",
 ]
 
 MIDDLEWARE = [
@@ -159,7 +167,7 @@ AUTH_USER_MODEL = "accounts.User"
 # The lockout check first (django-axes requires it), then the backends that check passwords.
 AUTHENTICATION_BACKENDS = ["vzpanel.accounts.backends.LockoutBackend", "django.contrib.auth.backends.ModelBackend"]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "ves:list"
+LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
 TEMPLATES = [
@@ -218,6 +226,10 @@ def channel_layers(redis_url: str) -> dict:
 CHANNEL_LAYERS = channel_layers(REDIS_URL)
 RQ_QUEUES = {f"node:{VZPANEL_NODE}": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600}}
 RQ = {"COMMIT_MODE": "auto"}  # we enqueue from transaction.on_commit ourselves
+# Webhooks (vzpanel/billing/webhooks.py): seconds before each retry of a failed delivery (needs a task worker
+# started with --with-scheduler); after the last one the delivery is failed.
+WEBHOOK_RETRY_DELAYS = [int(s) for s in os.environ.get("VZPANEL_WEBHOOK_RETRY_DELAYS", "10,60,300,1800,7200").split(",")
+                        if s.strip()]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -268,7 +280,13 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Manage VEs, tasks and the audit log. Authenticate with `Authorization: Token <key>`.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # /api/docs/ loads Swagger UI from the panel's static files (drf-spectacular-sidecar), never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
+# /metrics (vzpanel/core/prometheus.py): a scraper sends `Authorization: Bearer <this>` (or an admin's API token).
+VZPANEL_METRICS_TOKEN = os.environ.get("VZPANEL_METRICS_TOKEN", "")
 
 LOGGING = {
     "version": 1,

@@ -15,7 +15,7 @@ def log_in(page, base, user):
     page.get_by_label("Username").fill(user.username)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(re.compile(r"/ves/$"))
+    expect(page).to_have_url(re.compile(r"/$"))
 
 
 def test_it_logs_in_and_explains_a_wrong_password(live_panel, browser, owner):
@@ -26,7 +26,7 @@ def test_it_logs_in_and_explains_a_wrong_password(live_panel, browser, owner):
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_contain_text("Please enter a correct username and password")
     log_in(page, live_panel, owner)
-    expect(page.get_by_role("heading", name="Virtual environments")).to_be_visible()
+    expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
 
 
 @pytest.mark.root

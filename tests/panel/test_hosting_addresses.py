@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import subprocess
 
 import pytest
 
-from tests.conftest import free_test_net
-
 from .conftest import make_user, wait_task
-
-TEMPLATE = "debian-12-sysv"
-
-
-def pool(node, name, network, kind="public", **kw):
-    from vzpanel.nodes.models import IPPool
-
-    p = IPPool(node=node, name=name, network=network, kind=kind, **kw)
-    p.full_clean()
-    p.save()
-    return p
-
+from .hosting_helpers import PING, TEMPLATE, client_namespace, debian_template, pool, wait_ok
 
 # --- pools: admins only, bad ones refused in words ---------------------------------------------------
 
@@ -116,69 +102,6 @@ def test_reverse_dns_is_stored_exposed_and_exported(api_for, owner, owner_ve, no
 
 
 # --- for real: a VE reachable from a namespace the test made -----------------------------------------
-
-
-@contextlib.contextmanager
-def client_namespace():
-    """A network namespace linked to the host by a veth on a free test network; yields (run, host address)."""
-    link = free_test_net()
-    tag = secrets.token_hex(3)
-    ns, host_if = f"vzt-{tag}", f"tst{tag}"
-    sh = lambda *a: subprocess.run(list(a), check=True, capture_output=True)  # noqa: E731
-    sh("ip", "netns", "add", ns)
-    try:
-        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "addr", "add", f"{link.ip(1)}/24", "dev", host_if)
-        sh("ip", "link", "set", host_if, "up")
-        sh("ip", "-n", ns, "addr", "add", f"{link.ip(2)}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", ns, "route", "add", "default", "via", link.ip(1))
-
-        def run(*argv, timeout=30):
-            return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
-                                  timeout=timeout)
-
-        yield run, link.ip(1)
-    finally:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-# One ICMP echo, as `ping -c 1` does (the host has no ping): exit 0 when the address answers within 2 s.
-PING = """
-import socket, struct, sys, time
-dst = sys.argv[1]
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-s.settimeout(2)
-body = struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1) + b"vzpanel"
-csum = sum(struct.unpack("!%dH" % (len(body) // 2), body[: len(body) // 2 * 2])) + (body[-1] << 8 if len(body) % 2 else 0)
-csum = (csum >> 16) + (csum & 0xFFFF); csum = ~(csum + (csum >> 16)) & 0xFFFF
-s.sendto(body[:2] + struct.pack("!H", csum) + body[4:], (dst, 0))
-end = time.time() + 2
-while time.time() < end:
-    data, (src, _) = s.recvfrom(2048)
-    if src == dst and data[20] == 0:
-        sys.exit(0)
-sys.exit(1)
-"""
-
-
-def debian_template(node):
-    from vzpanel.nodes.models import Template
-
-    Template.objects.get_or_create(node=node, name=TEMPLATE, defaults={"built": True})
-
-
-def wait_ok(run, argv, tries=40):
-    import time
-
-    for _ in range(tries):
-        r = run(*argv)
-        if r.returncode == 0:
-            return r
-        time.sleep(0.5)
-    return r
 
 
 @pytest.mark.root

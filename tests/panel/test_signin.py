@@ -77,7 +77,7 @@ def test_guessing_an_admins_password_locks_the_guesser_out_not_the_admin(door, a
     assert response.status_code == 302 and response.url == "/login/code/"
     response = victim.post("/login/code/", {"code": totp_code(secret, drift=1)}, REMOTE_ADDR=VICTIM)
     assert response.status_code == 302
-    assert response.url == ("/django-admin/" if "admin" in door else "/ves/")
+    assert response.url == ("/django-admin/" if "admin" in door else "/")
     assert victim.get("/django-admin/", REMOTE_ADDR=VICTIM).status_code == 200
     entry = AuditEntry.objects.get(action="login", user=admin)
     assert entry.ip == VICTIM and "authenticator app" in entry.detail
@@ -355,7 +355,7 @@ def test_a_customer_enrols_then_signs_in_with_a_code_and_once_with_a_recovery_co
 
     page, base = browser_page, panel_2fa
     password_step(page, base, owner)
-    expect(page).to_have_url(re.compile(r"/ves/$"))  # optional for customers: not set up, not asked
+    expect(page).to_have_url(re.compile(r"/$"))  # optional for customers: not set up, not asked
 
     page.goto(f"{base}/account/")
     page.get_by_role("link", name="Set up two-factor sign-in").click()
@@ -380,14 +380,14 @@ def test_a_customer_enrols_then_signs_in_with_a_code_and_once_with_a_recovery_co
     page.goto(f"{base}/login/code/")
     page.get_by_label("Code").fill(totp_code(secret, drift=1))
     page.get_by_role("button", name="Verify").click()
-    expect(page).to_have_url(re.compile(r"/ves/$"))
-    expect(page.get_by_role("heading", name="Virtual environments")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/$"))
+    expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
 
     log_out(page)
     password_step(page, base, owner)
     page.get_by_label("Code").fill(codes[0].upper())
     page.get_by_role("button", name="Verify").click()
-    expect(page).to_have_url(re.compile(r"/ves/$"))
+    expect(page).to_have_url(re.compile(r"/$"))
     expect(page.locator("#messages")).to_contain_text("recovery code; 9 left")
 
     log_out(page)
@@ -422,7 +422,7 @@ def test_an_admin_without_two_factors_must_enrol_before_anything_else(panel_2fa,
     page.get_by_role("button", name="Confirm").click()
     expect(page.locator("#recovery-codes li")).to_have_count(10)
     page.get_by_role("link", name="I have saved them, continue").click()
-    expect(page).to_have_url(re.compile(r"/ves/$"))
+    expect(page).to_have_url(re.compile(r"/$"))
     expect(page.get_by_role("link", name="Users")).to_be_visible()
     assert twofactor.has_device(admin)
     assert AuditEntry.objects.filter(action="2fa.enable", user=admin).exists()

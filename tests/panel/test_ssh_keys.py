@@ -7,14 +7,7 @@ import subprocess
 
 import pytest
 
-
-def keygen(tmp_path, kind="ed25519", bits=None, name="id"):
-    path = tmp_path / f"{name}-{kind}"
-    argv = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "me@laptop", "-f", str(path)]
-    if bits:
-        argv[4:4] = ["-b", str(bits)]
-    subprocess.run(argv, check=True)
-    return (tmp_path / f"{name}-{kind}.pub").read_text().strip()
+from .hosting_helpers import keygen
 
 
 def test_it_keeps_good_keys_of_each_kind(api_for, owner, tmp_path):

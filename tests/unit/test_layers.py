@@ -41,3 +41,12 @@ def test_the_engines_validation_and_errors_load_alone():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'vzengine'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['vzengine', 'vzengine.errors', 'vzengine.validate']"
+
+
+def test_the_generic_apps_never_import_the_classroom():
+    """VEs, tasks and consoles know no classroom: it plugs in through their hooks (action guards, visibility
+    rules, console openings, parent closers), registered in its AppConfig.ready."""
+    generic = ("vzpanel/ves", "vzpanel/tasks", "vzpanel/console")
+    importers = {str(p.relative_to(REPO)) for g in generic for p in (REPO / g).rglob("*.py")
+                 if any(m.startswith("vzpanel.classroom") for m in imported_modules(p))}
+    assert importers == set()

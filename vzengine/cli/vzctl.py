@@ -19,7 +19,8 @@ PROG = "vzctl"
 #   set_params(args) -> dict          the values of those options that were given
 #   register_commands(subparsers)     commands of its own
 #   run_command(eng, args, progress)  run one of its commands; return None when it is not its own
-CLI_MODULES = ("vzengine.network", "vzengine.resources", "vzengine.snapshots", "vzengine.vefirewall")
+CLI_MODULES = ("vzengine.network", "vzengine.resources", "vzengine.snapshots", "vzengine.vefirewall",
+               "vzengine.rescue")
 
 
 def cli_modules():

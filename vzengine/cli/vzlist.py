@@ -40,6 +40,11 @@ def build_parser() -> Parser:
     return p
 
 
+def _up(info) -> bool:
+    """Whether the VE runs: its own system, or its rescue system (STATUS rescue, with processes)."""
+    return info.running or (info.status == "rescue" and bool(info.nproc))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return main_wrapper(PROG, lambda: run(args))
@@ -53,9 +58,9 @@ def run(args) -> int:
     eng = make_engine(args)
     infos = [eng.status(c) for c in args.ctids] if args.ctids else eng.list()
     if args.stopped:
-        infos = [i for i in infos if not i.running]
+        infos = [i for i in infos if not _up(i)]
     elif not args.all and not args.ctids:
-        infos = [i for i in infos if i.running]
+        infos = [i for i in infos if _up(i)]
     if args.json:
         json.dump([i.to_dict() for i in infos], sys.stdout, indent=1)
         print()

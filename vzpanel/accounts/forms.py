@@ -35,6 +35,7 @@ class UserEditForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         check_teacher(self, data)
+        check_plan_quota(self, data)
         return data
 
     def save(self, commit=True):
@@ -44,6 +45,17 @@ class UserEditForm(forms.ModelForm):
         if commit:
             user.save()
         return user
+
+
+def check_plan_quota(form, data):
+    """Refuse another plan for a user when their VEs would then take more than a quota allows (a reseller's)."""
+    from vzpanel.ves import services as ve_services
+
+    if "plan" in form.changed_data and form.instance.pk and "plan" not in form.errors:
+        try:
+            ve_services.check_quotas("owner_plan", owner=form.instance, plan=data.get("plan"))
+        except ve_services.QuotaExceeded as exc:
+            form.add_error("plan", exc.message)
 
 
 def check_teacher(form, data):

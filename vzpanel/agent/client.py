@@ -187,6 +187,14 @@ class RemoteEngine:
     def resume(self, ctid: int, progress: Progress | None = None) -> dict:
         return self.call("resume", progress, ctid=ctid)
 
+    def rescue_enter(self, ctid: int, template: str | None = None, progress: Progress | None = None) -> VEInfo:
+        """Boot the VE into the node's rescue system with its own root at /mnt (vzengine/rescue.py)."""
+        return self._info("rescue_enter", progress, ctid=ctid, **_plain({"template": template}))
+
+    def rescue_leave(self, ctid: int, start: bool = False, progress: Progress | None = None) -> VEInfo:
+        """Stop the VE's rescue system and remove its temporary root; boot the VE itself with start."""
+        return self._info("rescue_leave", progress, ctid=ctid, start=start)
+
     def snapshot(self, ctid: int, name: str, description: str = "", progress: Progress | None = None) -> None:
         self.call("snapshot", progress, ctid=ctid, name=name, description=description)
 

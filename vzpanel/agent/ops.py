@@ -275,6 +275,23 @@ def _resume(c: Context, ctid):
     return c.engine.resume(ctid, progress=c.progress)
 
 
+@op("rescue_enter", ctid=CTID, template=P(text(64)))
+def _rescue_enter(c: Context, ctid, template=None):
+    """Boot VE ctid into the node's rescue system (or template), its own root at /mnt; stopped first if it runs."""
+    from vzengine import rescue
+
+    template = validate.template_name(template) if template else None
+    return info(rescue.enter(c.engine, ctid, template=template, wait_boot=True, progress=c.progress))
+
+
+@op("rescue_leave", ctid=CTID, start=P(boolean))
+def _rescue_leave(c: Context, ctid, start=False):
+    """Stop VE ctid's rescue system and remove its temporary root; boot the VE's own system with start."""
+    from vzengine import rescue
+
+    return info(rescue.leave(c.engine, ctid, start=start, wait_boot=start, progress=c.progress))
+
+
 def ctid_list(name, v):
     if not isinstance(v, list) or len(v) > 10000:
         raise Invalid(f"{name} must be a list of at most 10000 VE ids")
@@ -440,6 +457,20 @@ def _ssh_keys_set(c: Context, ctid, keys, password_login):
     return sshkeys.set_keys(c.engine, ctid, keys, password_login)
 
 
+@op("metrics_sample", interval=P(integer(1, 3600)))
+def _metrics_sample(c: Context, interval=10):
+    """One pass over the node's VEs and the host for the panel's graphs (vzpanel/metrics/sampler.py)."""
+    from vzengine import accounting, cgroups
+    from vzengine.network import ifname
+    from vzpanel.metrics.sampler import sampler_for
+
+    layout = c.engine.layout
+    reader = accounting.UsageReader(layout) if layout.root.is_dir() else None
+    return sampler_for(layout.root).sample(
+        c.engine, cgroups.path, interval, subvolume_id=accounting.subvolume_id,
+        qgroups=reader.qgroups if reader else None, ifname=lambda ctid: ifname(layout.tag, ctid))
+
+
 @op("ping")
 def _ping(c: Context):
     """Answer, so the panel knows the agent runs."""
@@ -456,3 +487,46 @@ FIREWALL_RULE = r"[a-z]{3,6} [a-z]{3,4}( [0-9]{1,5}(-[0-9]{1,5})?)?( from [0-9A-
 def _firewall_set(c: Context, ctid, policy, rules):
     """Replace VE ctid's firewall (policy and every rule), live where it runs, and save it."""
     return info(c.engine.set(ctid, firewall_policy=policy, firewall_rules=rules, save=True, progress=c.progress))
+
+
+# --- monthly traffic (vzpanel/traffic): counters of every VE, and the rate of one over its quota ---------
+
+def _network(eng: Engine):
+    return next(f for f in eng.features if f.name == "network")
+
+
+@op("traffic_counters")
+def _traffic_counters(c: Context):
+    """Every VE's traffic in one pass: bytes since it was made, and its network's current run."""
+    net = _network(c.engine)
+    out = {}
+    for ctid in c.engine.ctids():
+        # The run first: the totals read after it hold at least these counts, so a reading never
+        # makes the panel count a byte twice (vzpanel/traffic/accounting.py).
+        run = net._veth_run(ctid)
+        total_in, _, total_out, _ = net.totals(ctid)
+        name, counts = run if run is not None else ("", (0, 0, 0, 0))
+        out[str(ctid)] = {"in": total_in, "out": total_out, "run": name, "run_in": counts[0], "run_out": counts[2]}
+    return out
+
+
+@op("traffic_throttle", ctid=CTID, kbit=P(integer(8, 100_000_000), required=True))
+def _traffic_throttle(c: Context, ctid, kbit):
+    """Cut VE ctid's rate to at most kbit/s each way, live and saved; say what its own rate was."""
+    conf = c.engine.config(ctid)
+    before = conf.get("RATE")
+    current = _network(c.engine).limits(conf)[0]
+    if current is not None and current <= kbit:
+        return {"before": before, "rate_kbit": current, "changed": False}
+    c.engine.set(ctid, rate=str(kbit), save=True, progress=c.progress)
+    return {"before": before, "rate_kbit": kbit, "changed": True}
+
+
+@op("traffic_unthrottle", ctid=CTID, kbit=P(integer(8, 100_000_000), required=True),
+    before=P(text(16, r"[A-Za-z0-9.]{0,16}"), required=True))
+def _traffic_unthrottle(c: Context, ctid, kbit, before):
+    """Give VE ctid its rate from before a throttle back, unless its rate is no longer kbit (changed since)."""
+    if c.engine.config(ctid).get("RATE") != str(kbit):
+        return False
+    c.engine.set(ctid, rate=before or "default", save=True, progress=c.progress)
+    return True

@@ -77,7 +77,7 @@ class SSHKeySerializer(serializers.ModelSerializer):
 
 
 def ssh_command(request, port) -> str:
-    from vzpanel.classroom.views import ssh_host
+    from vzpanel.nodes.sshforward import ssh_host
 
     return f"ssh -p {port} root@{ssh_host(request)}" if port else ""
 

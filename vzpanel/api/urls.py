@@ -29,6 +29,11 @@ router.register("tasks", views.TaskViewSet, basename="task")
 router.register("templates", views.TemplateViewSet, basename="template")
 router.register("audit", views.AuditViewSet, basename="audit")
 router.register("classes", CourseViewSet, basename="class")
+# Resellers (issue 15): their customers and quota, read-only (vzpanel/resellers/api.py).
+from vzpanel.resellers.api import CustomerViewSet, ResellerViewSet  # noqa: E402
+
+router.register("customers", CustomerViewSet, basename="customer")
+router.register("resellers", ResellerViewSet, basename="reseller")
 # Hosting (issue 15): a VE's addresses and SSH line, and the user's SSH keys (vzpanel/api/hosting.py).
 from . import hosting  # noqa: E402
 
@@ -38,11 +43,16 @@ router.register("ssh-keys", hosting.SSHKeyViewSet, basename="ssh-key")
 from . import firewall  # noqa: E402
 
 router.register(r"ves/(?P<ctid>\d+)/firewall", firewall.VEFirewallViewSet, basename="ve-firewall")
+# A VE's monthly traffic (issue 15, vzpanel/api/traffic.py).
+from . import traffic  # noqa: E402
+
+router.register(r"ves/(?P<ctid>\d+)/traffic", traffic.VETrafficViewSet, basename="ve-traffic")
 
 urlpatterns = [
     # The schema is for signed-in users (a session or a token), like the API it describes.
     path("schema/", SpectacularAPIView.as_view(permission_classes=[IsAuthenticated]), name="api-schema"),
     path("", include(router.urls)),
+    path("v1/billing/", include("vzpanel.billing.api_urls")),  # billing systems (issue 15, vzpanel/billing/)
     # Anything else under /api/ (an id the routes cannot match, say) is a JSON 404 like every API error.
     path("<anything:rest>", views.NotFoundView.as_view(), name="api-not-found"),
 ]

@@ -15,6 +15,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from vzpanel.audit.models import AuditEntry
 from vzpanel.audit.views import AuditSearchForm, search
 from vzpanel.nodes.models import Node
+from vzpanel.resellers import services as resellers
 from vzpanel.tasks.models import Task
 from vzpanel.tasks.views import TaskFilterForm
 from vzpanel.ves import services
@@ -270,6 +271,20 @@ class VEViewSet(VEFromPath, viewsets.ViewSet):
     def restart(self, request, ctid=None):
         return self.act(Task.Action.RESTART)
 
+    @extend_schema(request=None, responses=TASK_ERRORS,
+                   description="Boot the VE into a rescue system with its own disk at /mnt, for a VE whose init no "
+                               "longer starts; it keeps the VE's addresses and root's SSH keys (a task). "
+                               f"{ON_A_VE}")
+    @action(detail=True, methods=["post"])
+    def rescue(self, request, ctid=None):
+        return self.act("rescue")
+
+    @extend_schema(request=None, responses=TASK_ERRORS,
+                   description=f"Leave the rescue system and boot the VE normally (a task). {ON_A_VE}")
+    @action(detail=True, methods=["post"], url_path="rescue-leave")
+    def rescue_leave(self, request, ctid=None):
+        return self.act("rescue_leave")
+
     @extend_schema(request=s.ReinstallSerializer, responses=TASK_ERRORS,
                    description=f"Reinstall the VE from an OS template: its files are replaced (a task). {ON_A_VE}")
     @action(detail=True, methods=["post"])
@@ -410,23 +425,35 @@ class TemplateViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Node.local().templates.usable_by(self.request.user).select_related("node")
 
 
-@extend_schema_view(retrieve=extend_schema(description="Admins only (403 for others): one audit entry."))
+class IsPanelAdminOrReseller(permissions.BasePermission):
+    def has_permission(self, request, view):
+        return IsPanelAdmin().has_permission(request, view) or resellers.is_reseller(request.user)
+
+
+AUDIT_WHO = "Admins: every entry; resellers: their own, their customers' and their customers' VEs' (403 for others)"
+
+
+@extend_schema_view(retrieve=extend_schema(description=f"One audit entry. {AUDIT_WHO}."))
 class AuditViewSet(viewsets.ReadOnlyModelViewSet):
-    """The audit log (admins only)."""
+    """The audit log (admins; resellers their part of it)."""
 
     serializer_class = s.AuditEntrySerializer
-    permission_classes = [IsPanelAdmin]
+    permission_classes = [IsPanelAdminOrReseller]
+
+    def visible(self):
+        user = self.request.user
+        return AuditEntry.objects.all() if user.is_panel_admin else resellers.audit_entries(user)
 
     @extend_schema(parameters=[query("q", "user name, CTID, address or detail"), query("action", "e.g. ve.stop"),
                                query("result", "e.g. completed, denied"), query("since", "a date, YYYY-MM-DD"),
                                query("until", "a date, YYYY-MM-DD")],
                    responses={200: s.AuditEntrySerializer(many=True), **errors(400, 404)},
-                   description="Admins only (403 for others): search the audit log, newest first, 50 a page.")
+                   description=f"Search the audit log, newest first, 50 a page. {AUDIT_WHO}.")
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
     def get_queryset(self):
-        entries = AuditEntry.objects.all()
+        entries = self.visible()
         if self.action == "list":
             checked_query(self.request)
             form = AuditSearchForm(self.request.query_params)
@@ -436,7 +463,7 @@ class AuditViewSet(viewsets.ReadOnlyModelViewSet):
         return entries
 
     def get_object(self):
-        entry = AuditEntry.objects.filter(pk=row_id(self.kwargs["pk"], "audit entry")).first()
+        entry = self.visible().filter(pk=row_id(self.kwargs["pk"], "audit entry")).first()
         if entry is None:
             raise Http404("No such audit entry.")
         self.check_object_permissions(self.request, entry)

@@ -21,7 +21,7 @@ class AuditEntry(models.Model):
     username = models.CharField(max_length=150, blank=True, db_index=True)
     action = models.CharField(max_length=64, db_index=True)
     ve = models.ForeignKey("ves.VE", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    ctid = models.PositiveIntegerField(null=True, blank=True, db_index=True)
+    ctid = models.PositiveIntegerField(null=True, blank=True, db_index=True, db_column="ve_ctid")
     ip = models.GenericIPAddressField(null=True, blank=True)
     result = models.CharField(max_length=16, choices=Result.choices, default=Result.OK)
     detail = models.CharField(max_length=500, blank=True)

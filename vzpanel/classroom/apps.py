@@ -7,6 +7,7 @@ class ClassroomConfig(AppConfig):
     verbose_name = "Classrooms"
 
     def ready(self):
+        from vzpanel.console import hooks as console_hooks
         from vzpanel.nodes import pools
         from vzpanel.tasks import actions
         from vzpanel.ves import services as ve_services
@@ -16,6 +17,9 @@ class ClassroomConfig(AppConfig):
         from .services import refuse_start_after_end
 
         ve_services.register_guard(refuse_start_after_end)
+        # A class VE the idle policy or lab schedule put to sleep wakes when its console opens.
+        console_hooks.register_opening(services.wake_for_console)
+        actions.register_parent_closer(jobs.close_course_parent)
         for name, handler in jobs.HANDLERS.items():  # the per-student actions, in the one registry
             actions.register(name, handler, label=f"{services.label(name)} (class)",
                              creates_ve=name == services.PROVISION)

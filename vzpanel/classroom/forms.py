@@ -40,7 +40,8 @@ class CourseForm(forms.ModelForm):
     def __init__(self, *args, user, creating: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
-        self.fields["plan"].queryset = Plan.objects.all()
+        # the admins' plans only: a reseller's plan is its own (it changes it, its quota counts it)
+        self.fields["plan"].queryset = Plan.objects.filter(owner__isnull=True)
         self.fields["plan"].help_text = "The resources of each student's VE."
         self.fields["ends_on"].help_text = ("The day after it, the students' VEs are stopped and they cannot start "
                                             "them; nothing is removed until you archive the class, and extending "
@@ -147,6 +148,14 @@ class EndForm(forms.Form):
 class ResetOwnForm(forms.Form):
     keep_work = forms.BooleanField(required=False, initial=True, label="Keep my current files as a snapshot")
     confirm = forms.BooleanField(label="I understand my VE gets a fresh copy of the course image")
+
+
+class ResetStudentForm(forms.Form):
+    """A teacher's reset of one student's VE: the same choice as the class reset, asked before anything goes."""
+
+    keep_work = forms.BooleanField(required=False, initial=True,
+                                   label="Keep the student's current files as a snapshot of their VE first")
+    confirm = forms.BooleanField(label="Give this student's VE a fresh copy of the course image")
 
 
 class RemoveStudentForm(forms.Form):

@@ -146,6 +146,14 @@ def latest_children(parent: Task) -> list[Task]:
     return list(latest.values())
 
 
+def close_course_parent(parent: Task) -> bool:
+    """The sweeper's hook (registered in apps.py): close a class's bulk task whose children have all ended."""
+    if parent.params.get("course") is None:
+        return False
+    close_parent(parent.pk)
+    return True
+
+
 def close_parent(parent_id: int) -> None:
     """End a parent task once none of its children is queued or running."""
     parent = Task.objects.select_related("node", "user").get(pk=parent_id)

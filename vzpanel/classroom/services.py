@@ -231,6 +231,15 @@ def _bulk(user, course: Course, parent_action: str | None, items, *, request=Non
     VEs busy with another task are skipped. Return (the parent, or the only child; the skipped reasons).
     """
     ip = ip or audit.client_ip(request)
+    # a locked VE (VE.locked: billing, traffic) stays down: start, resume, reset or provision would bring it back
+    # to life; only stopping it is anyone's to do, and admins may do anything (as ves.services.refuse_if_locked)
+    locked = []
+    if not (user is not None and user.is_panel_admin):
+        locked = [f"{m.name}: VE {ve.ctid} is locked: {ve.locked}" for m, ve, action, _ in items
+                  if ve.locked and action not in (STOP, SUSPEND)]
+        items = [item for item in items if not item[1].locked or item[2] in (STOP, SUSPEND)]
+        if not items:
+            raise ActionRefused("Nothing to do: " + "; ".join(locked[:3]))
     with transaction.atomic():
         ids = [ve.pk for _, ve, _, _ in items]
         busy = set(Task.objects.filter(ve_id__in=ids, status__in=Task.ACTIVE).values_list("ve_id", flat=True))
@@ -269,7 +278,7 @@ def _bulk(user, course: Course, parent_action: str | None, items, *, request=Non
         child_ids = [c.pk for c in children]
         parent_id = parent.pk if parent is not None else None
         transaction.on_commit(lambda: enqueue_bulk(course.node.name, parent_id, child_ids, at_front=at_front))
-    return (parent or children[0]), skipped
+    return (parent or children[0]), skipped + locked
 
 
 def enqueue_bulk(node_name: str, parent_id: int | None, child_ids: list[int], at_front: bool = False) -> None:

@@ -15,6 +15,7 @@ urlpatterns = [
     path("<int:pk>/provision/", views.provision, name="provision"),
     path("<int:pk>/students/add/", views.student_add, name="student-add"),
     path("<int:pk>/students/<int:member>/remove/", views.student_remove, name="student-remove"),
+    path("<int:pk>/students/<int:member>/reset/", views.student_reset, name="student-reset"),
     path("<int:pk>/action/", views.class_action, name="action"),
     path("<int:pk>/retry/<int:member>/", views.retry, name="retry"),
     path("<int:pk>/cancel/<int:task_id>/", views.cancel, name="cancel"),

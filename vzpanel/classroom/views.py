@@ -13,10 +13,11 @@ from django.views.decorators.http import require_POST
 
 from vzpanel.audit import log as audit
 from vzpanel.core.decorators import is_htmx
+from vzpanel.nodes.sshforward import ssh_host
 from vzpanel.tasks.models import Task
 from vzpanel.ves.models import VE
 
-from . import conf, services
+from . import services
 from .access import (
     can_manage,
     can_operate,
@@ -33,6 +34,7 @@ from .forms import (
     ImageForm,
     RemoveStudentForm,
     ResetOwnForm,
+    ResetStudentForm,
     RosterForm,
     SessionForm,
     SheetForm,
@@ -46,22 +48,6 @@ def console_url(ctid, watch: bool) -> str:
         return reverse("ves:console", args=[ctid]) + ("?watch=1" if watch else "?watch=0")
     except NoReverseMatch:
         return reverse("ves:detail", args=[ctid]) + "?tab=console" + ("&watch=1" if watch else "")
-
-
-def ssh_host(request) -> str:
-    """The host name students put in their ssh line: VZPANEL_SSH_HOST, else the panel's own name.
-
-    Port forwards answer on the host's real addresses, never on its loopback (that stays the host's own),
-    so a panel opened at localhost shows the host's first global address instead.
-    """
-    host = conf.ssh_host() or request.get_host()
-    if host.startswith("["):
-        host = host[1:].split("]")[0]
-    elif host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
-    if host in ("localhost", "127.0.0.1", "::1"):
-        host = conf.host_address() or host
-    return host
 
 
 @login_required
@@ -284,6 +270,30 @@ def student_remove(request, course, member):
                    "account_goes": membership.created_account and not others},
                   status=400 if form.errors else 200)
 
+
+@course_view("operate")
+def student_reset(request, course, member):
+    """Reset one student's VE to the course image, after asking whether to keep their work (as the class reset)."""
+    membership = get_object_or_404(Membership.objects.select_related("user", "ve"), pk=member, course=course,
+                                   role=Membership.Role.STUDENT)
+    form = ResetStudentForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        keep = form.cleaned_data["keep_work"]
+        try:
+            task, skipped = services.class_action(request.user, course, "reset", [membership], keep_work=keep,
+                                                  request=request)
+        except services.ServiceError as exc:
+            form.add_error(None, exc.message)
+        else:
+            if skipped:
+                form.add_error(None, "; ".join(skipped))
+            else:
+                messages.success(request, f"Resetting {membership.name}'s VE to the course image (task {task.pk})"
+                                          + (", keeping their work as a snapshot." if keep else "; their work is not kept."),
+                                 extra_tags=f"task:{task.pk}")
+                return redirect("classroom:detail", course.pk)
+    return render(request, "classroom/reset_student.html", {"course": course, "m": membership, "form": form},
+                  status=400 if form.errors else 200)
 
 def _done(request, course, message=None):
     if message:

@@ -27,11 +27,13 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from vzpanel.audit import log as audit_log
-from vzpanel.classroom.services import wake_for_console
 from vzpanel.ves.access import find_ve
+from vzpanel.ves.services import refuse_if_locked
 
+from . import hooks
 from . import protocol as p
 
+WAKE_WAIT = 30  # seconds a console waits for a sleeping VE to be woken before attaching anyway
 BROWSER_TYPES = ("input", "resize", "ack", "takeover", "release", "close", "ping")
 log = logging.getLogger("vzpanel.console")
 
@@ -62,10 +64,14 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         if not await self.authorise(user):
             await self.close(code=p.CLOSE_NOT_FOUND)
             return
+        if self.locked:  # a locked VE (VE.locked) is out of its owner's hands: no console either; says why
+            await self.accept()
+            await self.send_json({"type": "error", "code": p.ACCESS_GONE, "message": self.locked})
+            await self.close(code=p.CLOSE_NOT_FOUND)
+            return
         await self.accept()
         self.rechecker = asyncio.create_task(self.recheck_forever(user.pk))
-        # A class VE the idle policy or lab schedule put to sleep wakes when its console opens.
-        await database_sync_to_async(wake_for_console)(user, self.ve, wait=30)
+        await self.wait_for_waking(user)
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         rows, cols = p.DEFAULT_ROWS, p.DEFAULT_COLS
         if "rows" in query or "cols" in query:
@@ -82,12 +88,23 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         if sent:
             self.open_timer = asyncio.create_task(self.open_timeout())
 
+    async def wait_for_waking(self, user) -> None:
+        """Let other apps act on the opening (the classroom wakes a class VE it put to sleep), and wait up to
+        WAKE_WAIT seconds for what they started. The wait is here, between short database reads, not in
+        one: database_sync_to_async runs every consumer's reads on one thread, which a sleep would hold."""
+        waiting = await database_sync_to_async(hooks.opening)(user, self.ve)
+        deadline = time.monotonic() + WAKE_WAIT
+        while waiting and not self.ended and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            waiting = await database_sync_to_async(hooks.unfinished)(waiting)
+
     @database_sync_to_async
     def authorise(self, user) -> bool:
         ve = find_ve(user, self.scope["url_route"]["kwargs"]["ctid"])
         if ve is None:
             return False
         self.ve = ve
+        self.locked = refuse_if_locked(user, ve, "console")
         plan = ve.owner.plan if ve.owner is not None else None
         self.mode = plan.console_mode if plan is not None else "root"
         self.daemon = p.daemon_channel(ve.node.name)
@@ -123,7 +140,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         if user is None:
             return False
         ve = find_ve(user, self.ve.ctid)
-        return ve is not None and ve.pk == self.ve.pk
+        return ve is not None and ve.pk == self.ve.pk and not refuse_if_locked(user, ve, "console")
 
     async def access_gone(self) -> None:
         if self.ended:

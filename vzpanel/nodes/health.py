@@ -46,3 +46,13 @@ def pool_warnings(node_names, redis) -> list[str]:
             out.append(f"Node {name}: disk quotas are not enforced ({info.get('quota_problem') or 'unknown reason'}); "
                        "run vzctl pool info there.")
     return out
+
+
+def pool_reports(node_names, redis) -> dict[str, dict]:
+    """The last pool report of each node that has a current one (one round trip: the dashboard, node pages
+    and /metrics read them all at once)."""
+    names = list(node_names)
+    if not names:
+        return {}
+    raw = redis.mget([_key(name) for name in names])
+    return {name: json.loads(value) for name, value in zip(names, raw, strict=True) if value}

@@ -164,7 +164,7 @@ class IPPool(models.Model):
         try:
             clean_pool(self)
         except PoolError as exc:
-            raise ValidationError(exc.message) from None
+            raise ValidationError({exc.field: exc.message} if exc.field else exc.message) from None
 
     @property
     def nameserver_list(self) -> list[str]:

@@ -21,11 +21,13 @@ MIN_PREFIX = {4: 8, 6: 32}
 
 
 class PoolError(Exception):
-    """A pool or an address request the panel refuses, with a message for the admin or customer."""
+    """A pool or an address request the panel refuses, with a message for the admin or customer, and the
+    pool's field at fault (if one is), so a form shows the message next to it."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.message = message
+        self.field = field
 
 
 def parse_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -34,13 +36,14 @@ def parse_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     except ValueError as exc:
         if "host bits" in str(exc):
             raise PoolError(f"{value!r} has host bits set: write the network address (e.g. "
-                            f"{ipaddress.ip_network(value.strip(), strict=False)}).") from None
+                            f"{ipaddress.ip_network(value.strip(), strict=False)}).", "network") from None
         raise PoolError(f"{value!r} is not a network: write ADDRESS/PREFIX, e.g. 192.0.2.0/26 or "
-                        "2001:db8:1::/64.") from None
+                        "2001:db8:1::/64.", "network") from None
     if net.prefixlen < MIN_PREFIX[net.version]:
-        raise PoolError(f"{net} is too large: an IPv{net.version} pool is at most a /{MIN_PREFIX[net.version]}.")
+        raise PoolError(f"{net} is too large: an IPv{net.version} pool is at most a /{MIN_PREFIX[net.version]}.",
+                        "network")
     if net.is_loopback or net.is_link_local or net.is_multicast or net.is_unspecified:
-        raise PoolError(f"{net} is a loopback, link-local or multicast network; VEs cannot use it.")
+        raise PoolError(f"{net} is a loopback, link-local or multicast network; VEs cannot use it.", "network")
     return net
 
 
@@ -51,34 +54,36 @@ def clean_pool(pool) -> None:
     from .models import IPPool
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}", pool.name or ""):
-        raise PoolError("A pool name is letters, digits, spaces, dots, hyphens and underscores (at most 64).")
+        raise PoolError("A pool name is letters, digits, spaces, dots, hyphens and underscores (at most 64).",
+                        "name")
     net = parse_network(pool.network)
     pool.network, pool.version = str(net), net.version
     if pool.gateway:
         try:
             gw = ipaddress.ip_address(pool.gateway.strip())
         except ValueError:
-            raise PoolError(f"Gateway {pool.gateway!r} is not an IP address.") from None
+            raise PoolError(f"Gateway {pool.gateway!r} is not an IP address.", "gateway") from None
         if gw not in net:
-            raise PoolError(f"Gateway {gw} is not inside {net}.")
+            raise PoolError(f"Gateway {gw} is not inside {net}.", "gateway")
         pool.gateway = str(gw)
     servers = pool.nameservers.replace(",", " ").split()
     if len(servers) > MAX_NAMESERVERS:
-        raise PoolError(f"At most {MAX_NAMESERVERS} name servers.")
+        raise PoolError(f"At most {MAX_NAMESERVERS} name servers.", "nameservers")
     for i, s in enumerate(servers):
         try:
             servers[i] = str(ipaddress.ip_address(s))
         except ValueError:
-            raise PoolError(f"Name server {s!r} is not an IP address.") from None
+            raise PoolError(f"Name server {s!r} is not an IP address.", "nameservers") from None
     pool.nameservers = " ".join(servers)
     for other in IPPool.objects.filter(version=net.version).exclude(pk=pool.pk):
         if ipaddress.ip_network(other.network).overlaps(net):
-            raise PoolError(f"{net} overlaps pool {other.name} ({other.network}) of node {other.node.name}.")
+            raise PoolError(f"{net} overlaps pool {other.name} ({other.network}) of node {other.node.name}.",
+                            "network")
     if pool.pk:
         outside = [a.address for a in pool.addresses.all() if ipaddress.ip_address(a.address) not in net]
         if outside:
             raise PoolError(f"Addresses in use ({', '.join(outside[:5])}) would fall outside {net}: remove them "
-                            "first.")
+                            "first.", "network")
 
 
 def reserved(pool) -> set:
@@ -146,9 +151,9 @@ def used_ssh_ports() -> set[int]:
 
 def free_ssh_port() -> int:
     """A host port for an SSH forward that neither a hosting VE nor a classroom student holds."""
-    from vzpanel.classroom import conf
+    from .sshforward import ssh_ports
 
-    first, last = conf.ssh_ports()
+    first, last = ssh_ports()
     used = used_ssh_ports()
     for port in range(first, last + 1):
         if port not in used:

@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from vzpanel.audit import log as audit
 from vzpanel.core.decorators import admin_required
 from vzpanel.nodes.models import Node
+from vzpanel.traffic.forms import TRAFFIC_FIELDS, traffic_fields  # the monthly traffic quota's fields
 from vzpanel.ves import services as ve_services
 from vzpanel.ves.views import report_plan_change
 
@@ -17,13 +18,14 @@ class PlanForm(forms.ModelForm):
     class Meta:
         model = Plan
         fields = ["name", "description", "ram_mb", "swap_mb", "cpus", "disk_gb", "nproc", "max_ves", "console_mode",
-                  "max_snapshots", "max_backups", "backup_daily"]
+                  "max_snapshots", "max_backups", "backup_daily", *TRAFFIC_FIELDS]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["console_mode"].required = False  # left out: a root shell, as before the field existed
         for name in ("max_snapshots", "max_backups"):  # left out: the plan's current number (or the default)
             self.fields[name].required = False
+        traffic_fields(self.fields)
 
     def _kept(self, name):
         value = self.cleaned_data.get(name)
@@ -40,6 +42,15 @@ class PlanForm(forms.ModelForm):
     def clean_console_mode(self):
         return self.cleaned_data.get("console_mode") or Plan.ConsoleMode.ROOT
 
+    def clean_traffic_gb(self):
+        return self._kept("traffic_gb")
+
+    def clean_traffic_over(self):
+        return self.cleaned_data.get("traffic_over") or (self.instance.traffic_over if self.instance.pk else "throttle")
+
+    def clean_traffic_throttle_mbit(self):
+        return self._kept("traffic_throttle_mbit")
+
     def clean(self):
         """Refuse limits no node can give: a VE is made on one node, so the largest node bounds them."""
         data = super().clean()
@@ -50,6 +61,16 @@ class PlanForm(forms.ModelForm):
         if ram_mb and data.get("ram_mb") is not None and data["ram_mb"] > ram_mb:
             self.add_error("ram_mb", f"No node has {data['ram_mb']} MB of memory: the largest has {ram_mb} MB, so a VE "
                                      f"can have at most {ram_mb} MB.")
+        if self.instance.pk and not self.errors:  # its VEs take the new values: quotas beyond plans must hold
+            from copy import copy
+
+            candidate = copy(self.instance)
+            for name, value in data.items():
+                setattr(candidate, name, value)
+            try:
+                ve_services.check_quotas("plan", plan=candidate)
+            except ve_services.QuotaExceeded as exc:
+                self.add_error(None, exc.message)
         return data
 
     def _post_clean(self):

@@ -14,6 +14,14 @@ LABELS: dict[str, str] = {}
 # Actions whose VE row exists only to be built: if the task fails or is cancelled before the engine has the
 # VE, the row is marked destroyed (its quota given back).
 CREATES_VE: set[str] = set()
+# closer(parent task) -> whether it closed it: apps whose actions have children (the classroom's bulk
+# jobs) end such a parent their own way when the sweeper finds its children all ended.
+PARENT_CLOSERS: list[Callable] = []
+
+
+def register_parent_closer(closer: Callable) -> None:
+    if closer not in PARENT_CLOSERS:
+        PARENT_CLOSERS.append(closer)
 
 
 def register(name: str, handler: Callable, label: str = "", creates_ve: bool = False) -> None:

@@ -418,6 +418,19 @@ def do_set_firewall(task, progress, eng):
     return info
 
 
+# --- rescue mode (vzengine/rescue.py): the VE boots a rescue system with its own root at /mnt -------------
+
+
+def do_rescue(task, progress, eng):
+    """Boot the VE into the node's rescue system (stopping it first); the engine undoes a half-done entry."""
+    return eng.rescue_enter(task.ve.ctid, progress=progress)
+
+
+def do_rescue_leave(task, progress, eng):
+    """Stop the rescue system, remove its temporary root and boot the VE's own system (params.start, default on)."""
+    return eng.rescue_leave(task.ve.ctid, start=bool(task.params.get("start", True)), progress=progress)
+
+
 HANDLERS = {
     Task.Action.CREATE: do_create,
     Task.Action.START: do_start,
@@ -442,6 +455,8 @@ HANDLERS = {
 }
 for _action, _handler in HANDLERS.items():
     actions.register(_action, _handler, creates_ve=_action in (Task.Action.CREATE, Task.Action.RESTORE_NEW))
+actions.register("rescue", do_rescue, label="boot into rescue")
+actions.register("rescue_leave", do_rescue_leave, label="leave rescue")
 
 
 SNAPSHOT_TASKS = (Task.Action.SNAPSHOT, Task.Action.SNAPSHOT_ROLLBACK, Task.Action.SNAPSHOT_DELETE,

@@ -16,6 +16,15 @@ from .queue import new_ref, publish_task
 
 log = logging.getLogger(__name__)
 
+# Other apps may act on every task's end (billing's webhooks): hook(task) is called once the final row is
+# written; a hook's failure is logged, never the task's.
+FINISH_HOOKS: list = []
+
+
+def register_finish_hook(hook) -> None:
+    if hook not in FINISH_HOOKS:
+        FINISH_HOOKS.append(hook)
+
 
 def expected_errors() -> tuple[type[Exception], ...]:
     """Return the exception types that mean 'failed, and here is why' rather than a bug."""
@@ -127,3 +136,8 @@ def finish(task: Task, status: str, *, result=None, error="", error_ref="", trac
     task.log_lines += 1
     audit.task_finished(task)
     publish_task(task)
+    for hook in FINISH_HOOKS:
+        try:
+            hook(task)
+        except Exception:
+            log.exception("finish hook %r failed for task %s", hook, task.pk)

@@ -25,6 +25,7 @@ from pathlib import Path
 from django.db.models import Q
 from django.utils import timezone
 
+from . import actions
 from .models import Task
 from .queue import get_redis, publish_task
 from .runner import finish
@@ -113,11 +114,7 @@ def _close_parent(parent_id: int) -> bool:
     parent = Task.objects.filter(pk=parent_id, status__in=Task.ACTIVE).first()
     if parent is None or parent.children.filter(status__in=Task.ACTIVE).exists():
         return False
-    if parent.params.get("course") is not None:
-        from vzpanel.classroom.jobs import close_parent
-
-        close_parent(parent_id)
-    else:
+    if not any(closer(parent) for closer in actions.PARENT_CLOSERS):
         finish(parent, Task.Status.ERRORED, error=DIED_NO_VE)
     parent.refresh_from_db()
     publish_task(parent)

@@ -32,9 +32,13 @@ _PORTS = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
 
 
 def check_access(user, ve: VE) -> None:
-    """The firewall is its owner's and the admins' only: anyone else gets the same 404 as for any VE."""
-    if not (user.is_panel_admin or ve.owner_id == user.pk):
-        raise Http404("No such VE.")
+    """The firewall is its owner's (and their reseller's, who acts for them) and the admins' only: anyone else
+    gets the same 404 as for any VE."""
+    if user.is_panel_admin or ve.owner_id == user.pk:
+        return
+    if ve.owner is not None and ve.owner.reseller_id is not None and ve.owner.reseller_id == user.pk:
+        return
+    raise Http404("No such VE.")
 
 
 def current(ve: VE) -> dict:

@@ -30,6 +30,7 @@ from .services import (
     QuotaExceeded,
     _new_task,
     busy_message,
+    check_quotas,
     plan_of,
 )
 
@@ -146,6 +147,7 @@ def add_address(user, ve: VE, *, version=4, address: str = "", request=None) -> 
                                 f"address(es) per VE and VE {ve.ctid} has {have}. Remove one first or ask an "
                                 "admin for a bigger plan.")
         with transaction.atomic():
+            check_quotas("address", ve=ve, version=version)  # a reseller's customer: its quota too
             if address:
                 if IPAddress.objects.filter(address=address).exists():
                     raise ActionRefused(f"{address} is already in use on node {ve.node.name}.")

@@ -55,8 +55,9 @@ class VE(models.Model):
         MISSING = "missing", "missing"
         DESTROYED = "destroyed", "destroyed"
 
+    # "ctid" is a system column of every PostgreSQL table: the column takes another name.
     ctid = models.PositiveIntegerField(
-        "CTID", validators=[MinValueValidator(CTID_MIN), MaxValueValidator(CTID_MAX)]
+        "CTID", validators=[MinValueValidator(CTID_MIN), MaxValueValidator(CTID_MAX)], db_column="ve_ctid"
     )
     node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="ves")
     owner = models.ForeignKey(
@@ -89,7 +90,7 @@ class VE(models.Model):
             )
         ]
         indexes = [
-            models.Index(fields=["status", "ctid"]),
+            models.Index(fields=["status", "ctid"], name="ves_ve_status_a9facc_idx"),
             models.Index(fields=["owner", "status"]),
             models.Index(fields=["hostname"]),
         ]
@@ -155,7 +156,7 @@ class Backup(models.Model):
 
     ve = models.ForeignKey(VE, on_delete=models.CASCADE, related_name="backups")
     node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="backups")
-    ctid = models.PositiveIntegerField("CTID")
+    ctid = models.PositiveIntegerField("CTID", db_column="ve_ctid")
     path = models.CharField(max_length=1000, help_text="the archive on the node")
     size_bytes = models.BigIntegerField(default=0)
     files = models.PositiveIntegerField(null=True, blank=True)

@@ -60,7 +60,7 @@ ALLOWED_FROM = {
     Task.Action.REINSTALL: {VE.Status.RUNNING, *DOWN},
     Task.Action.SET_PASSWORD: {VE.Status.RUNNING, *DOWN},
     Task.Action.SET_HOSTNAME: {VE.Status.RUNNING, *DOWN},
-    Task.Action.DESTROY: {VE.Status.RUNNING, VE.Status.MISSING, *DOWN},
+    Task.Action.DESTROY: {VE.Status.RUNNING, VE.Status.MISSING, VE.Status.RESCUE, *DOWN},  # rescue root too
     Task.Action.SNAPSHOT: {VE.Status.RUNNING, *DOWN},
     Task.Action.SNAPSHOT_ROLLBACK: {VE.Status.RUNNING, *DOWN},
     Task.Action.SNAPSHOT_DELETE: {VE.Status.RUNNING, *DOWN},
@@ -68,6 +68,9 @@ ALLOWED_FROM = {
     Task.Action.RESTORE: {VE.Status.RUNNING, *DOWN},
     # a backup's file can go whatever became of its VE (a destroyed VE's kept backups: admins only, see access)
     Task.Action.BACKUP_DELETE: {VE.Status.RUNNING, VE.Status.MISSING, VE.Status.DESTROYED, *DOWN},
+    # rescue mode (tasks/jobs.py do_rescue): a VE that no longer boots runs a rescue system, its own root at /mnt
+    "rescue": {VE.Status.RUNNING, VE.Status.STOPPED},
+    "rescue_leave": {VE.Status.RESCUE},
 }
 # The actions that work on a VE's snapshots and backups (their own pages and API calls).
 SNAPSHOT_ACTIONS = (Task.Action.SNAPSHOT, Task.Action.SNAPSHOT_ROLLBACK, Task.Action.SNAPSHOT_DELETE)
@@ -116,6 +119,9 @@ def clean_template(node: Node, name: str, user=None) -> str:
 
 
 def _new_task(user, ve: VE, action: str, params: dict, ip: str | None, audit_detail: str = "", request=None):
+    why = refuse_if_locked(user, ve, action)  # every task of a VE is made here: hosting and firewall ones too
+    if why:
+        raise ActionRefused(why)
     ip = ip or audit.client_ip(request)
     try:
         with transaction.atomic():
@@ -142,12 +148,48 @@ def register_guard(guard) -> None:
         ACTION_GUARDS.append(guard)
 
 
+# A locked VE (VE.locked says why: suspended by billing, over its traffic) is out of its owner's hands until an
+# admin or the system that locked it unlocks it: they may still stop or destroy it, nothing else. Generic: it
+# knows no locker. System tasks (no user) and admins pass.
+LOCK_ALLOWS = {Task.Action.STOP, Task.Action.DESTROY}
+
+
+def refuse_if_locked(user, ve: VE, action: str) -> str:
+    """Return why user may not do action to ve because ve is locked, or "" (guard; also the console's check)."""
+    if not ve.locked or action in LOCK_ALLOWS or user is None or user.is_panel_admin:
+        return ""
+    return f"VE {ve.ctid} is locked: {ve.locked}. Only an admin can unlock it."
+
+
+register_guard(refuse_if_locked)
+
+
+# Other apps may hold a change that takes resources to a quota beyond the owner's plan (resellers: all their
+# customers' VEs together). A check is called as check(kind, **what) and raises QuotaExceeded saying why:
+# "new_ve" (owner, plan), "owner_plan" (owner, plan: the owner's next plan), "plan" (plan: a plan with its
+# new, unsaved values), "address" (ve, version: one more address).
+QUOTA_CHECKS: list = []
+
+
+def register_quota_check(check) -> None:
+    if check not in QUOTA_CHECKS:
+        QUOTA_CHECKS.append(check)
+
+
+def check_quotas(kind: str, **what) -> None:
+    """Ask every registered quota check whether the change fits; raise QuotaExceeded when one says no."""
+    for check in QUOTA_CHECKS:
+        check(kind, **what)
+
+
 def request_action(user, ve: VE, action: str, *, request=None, ip=None, root_password=None, **params) -> Task:
     """Queue action on ve for user (who may already see ve); return the Task."""
     if action not in ALLOWED_FROM:
         raise InvalidRequest(f"Unknown action {action!r}.")
     if ve.status not in ALLOWED_FROM[action]:
-        raise ActionRefused(f"VE {ve.ctid} is {ve.status}; it cannot {Task.Action(action).label} now.")
+        hint = " Leave rescue first." if ve.status == VE.Status.RESCUE else ""
+        raise ActionRefused(f"VE {ve.ctid} is {ve.get_status_display()}; it cannot "
+                            f"{Task(action=action).get_action_display()} now.{hint}")
     for guard in ACTION_GUARDS:
         why = guard(user, ve, action)
         if why:
@@ -192,6 +234,18 @@ def next_ctid() -> int:
     return max(CTID_MIN + 1, (top or CTID_MIN) + 1)
 
 
+def new_ve_refusal(owner, plan=None) -> str:
+    """Return why owner's plan has no room for one more VE, in words, or "" (the list page disables "New VE")."""
+    plan = plan if plan is not None else owner.plan
+    if plan is None:
+        return "You have no plan yet, so you cannot create VEs. Ask an admin to assign one."
+    have = VE.objects.live().filter(owner=owner).count()
+    if have >= plan.max_ves:
+        return (f"Your plan {plan.name} allows {plan.max_ves} VE(s) and you have {have}. "
+                "Destroy one or ask an admin for a bigger plan.")
+    return ""
+
+
 def create_ve(user, *, ostemplate: str, hostname: str = "", root_password: str = "", owner=None,
               start: bool = True, request=None, ip=None) -> Task:
     """Queue the creation of a VE for owner (default: user) within owner's plan; return the Task."""
@@ -212,15 +266,10 @@ def create_ve(user, *, ostemplate: str, hostname: str = "", root_password: str =
             with transaction.atomic():
                 # IMMEDIATE transactions (SQLite) / the row lock (PostgreSQL) serialise quota checks per owner.
                 get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
-                if not user.is_panel_admin:
-                    if plan is None:
-                        raise QuotaExceeded("You have no plan yet, so you cannot create VEs. Ask an admin to assign one.")
-                    have = VE.objects.live().filter(owner=owner).count()
-                    if have >= plan.max_ves:
-                        raise QuotaExceeded(
-                            f"Your plan {plan.name} allows {plan.max_ves} VE(s) and you have {have}. "
-                            "Destroy one or ask an admin for a bigger plan."
-                        )
+                refusal = "" if user.is_panel_admin else new_ve_refusal(owner, plan)
+                if refusal:
+                    raise QuotaExceeded(refusal)
+                check_quotas("new_ve", owner=owner, plan=plan)  # a reseller's customer: the reseller's quota
                 ve = VE.objects.create(
                     ctid=next_ctid(),
                     node=node,
@@ -245,6 +294,10 @@ def cancel_task(user, task: Task, *, request=None) -> bool:
     """Cancel task if it is still queued; return whether it was."""
     from django.utils import timezone
 
+    # a locked VE's queued tasks (the stop its locker queued, above all) are not its owner's to cancel
+    locked = refuse_if_locked(user, task.ve, "cancel") if task.ve_id else ""
+    if locked:
+        raise ActionRefused(locked)
     with transaction.atomic():
         cancelled = Task.objects.filter(pk=task.pk, status=Task.Status.QUEUED).update(
             status=Task.Status.CANCELLED, finished_at=timezone.now(), message=f"Cancelled by {user.get_username()}"
@@ -324,7 +377,7 @@ def set_limits(user, ve: VE, limits: dict, *, why: str = "", request=None, ip=No
     The job stores them on ve.limits only when the engine took them. A set-limits task of ve still waiting
     in the queue takes the new limits instead of a second task (one active task per VE).
     """
-    if not user.is_panel_admin:
+    if not (user.is_panel_admin or (ve.owner_id and ve.owner.reseller_id == user.pk)):  # or its reseller's plan
         raise Forbidden("Only admins can change a VE's limits.")
     limits = clean_limits(limits)
     if ve.status not in SET_LIMITS_FROM:
@@ -623,6 +676,9 @@ def restore_as_new(user, backup: Backup, *, owner=None, ctid=None, hostname: str
     (default ve<ctid>), machine-id, SSH host keys and addresses from the pool (tasks/jobs.py do_restore_new).
     """
     source = backup.ve
+    locked = refuse_if_locked(user, source, RESTORE_NEW)  # a locked VE's files do not come back as a new VE
+    if locked:
+        raise ActionRefused(locked)
     admin = user.is_panel_admin
     if not admin:
         if source.owner_id != user.pk:
@@ -661,6 +717,7 @@ def restore_as_new(user, backup: Backup, *, owner=None, ctid=None, hostname: str
                 get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
                 if not (admin and beyond_plan):
                     check_ve_room(owner, you=owner == user)
+                check_quotas("new_ve", owner=owner, plan=plan)
                 new_ctid = wanted or next_ctid()
                 same = new_ctid == backup.ctid
                 ve = VE.objects.create(

@@ -40,6 +40,17 @@ def node_pool_warnings() -> list[str]:
         return []
 
 
+def create_refusal(user) -> str:
+    """Why user cannot create a VE now (their plan, a reseller's quota), in words, or "" when they can."""
+    refusal = services.new_ve_refusal(user)
+    if not refusal:
+        try:
+            services.check_quotas("new_ve", owner=user, plan=user.plan)
+        except services.QuotaExceeded as exc:
+            refusal = exc.message
+    return refusal
+
+
 @login_required
 def ve_list(request):
     """The VEs the user may see: search, filter, sort, paginate."""
@@ -53,6 +64,8 @@ def ve_list(request):
         per_page = form.cleaned_data.get("per_page") or 50
     page = Paginator(ves, per_page).get_page(request.GET.get("page"))
     context = {"form": form, "page": page, "sort": request.GET.get("sort", "ctid")}
+    if not request.user.is_panel_admin and not is_htmx(request):
+        context["create_refused"] = create_refusal(request.user)
     if request.user.is_panel_admin and not is_htmx(request):
         context["pool_warnings"] = node_pool_warnings()
     template = "ves/_table.html" if is_htmx(request) else "ves/ve_list.html"
@@ -72,10 +85,16 @@ def ve_create(request):
         except services.ServiceError as exc:
             form.add_error(None, exc.message)
         else:
-            messages.success(request, f"VE {task.ve.ctid} is being created.")
+            messages.success(request, f"VE {task.ve.ctid} is being created.", extra_tags=f"task:{task.pk}")
             return redirect("tasks:detail", task.pk)
     status = 400 if form.errors else 200
     return render(request, "ves/ve_create.html", {"form": form}, status=status)
+
+
+def form_ids(name: str) -> str:
+    """The element ids of one of the VE page's forms: its own prefix, since several share field names
+    (root_password, confirm) and a label must point at its own field."""
+    return name.removesuffix("_form") + "-%s"
 
 
 def detail_context(request, ve, **forms):
@@ -83,10 +102,10 @@ def detail_context(request, ve, **forms):
         "ve": ve,
         "tasks": ve.tasks.select_related("user")[:10],
         "active_task": ve.tasks.filter(status__in=Task.ACTIVE).first(),
-        "hostname_form": HostnameForm(initial={"hostname": ve.hostname}),
-        "password_form": PasswordForm(),
-        "reinstall_form": ReinstallForm(ve=ve),
-        "destroy_form": DestroyForm(ve=ve),
+        "hostname_form": HostnameForm(initial={"hostname": ve.hostname}, auto_id=form_ids("hostname_form")),
+        "password_form": PasswordForm(auto_id=form_ids("password_form")),
+        "reinstall_form": ReinstallForm(ve=ve, auto_id=form_ids("reinstall_form")),
+        "destroy_form": DestroyForm(ve=ve, auto_id=form_ids("destroy_form")),
         "allowed": {a: ve.status in s for a, s in services.ALLOWED_FROM.items()},
         "usage": usage_summary(ve),
         **limits_context(ve),
@@ -156,6 +175,7 @@ def ve_action(request, ctid, action):
     if action in FORMS:
         name, form_class = FORMS[action]
         kwargs = {"ve": ve} if form_class in (ReinstallForm, DestroyForm) else {}
+        kwargs["auto_id"] = form_ids(name)
         if form_class is ReinstallForm:
             kwargs["user"] = request.user
         form = form_class(request.POST, **kwargs)
@@ -169,9 +189,10 @@ def ve_action(request, ctid, action):
         messages.error(request, exc.message)
         return redirect("ves:detail", ve.ctid)
     if action == Task.Action.DESTROY:
-        messages.success(request, f"VE {ve.ctid} is being destroyed.")
+        messages.success(request, f"VE {ve.ctid} is being destroyed.", extra_tags=f"task:{task.pk}")
         return redirect("tasks:detail", task.pk)
-    messages.success(request, f"{task.get_action_display().capitalize()} of VE {ve.ctid} queued (task {task.pk}).")
+    messages.success(request, f"{task.get_action_display().capitalize()} of VE {ve.ctid} queued (task {task.pk}).",
+                     extra_tags=f"task:{task.pk}")
     return redirect("ves:detail", ve.ctid)
 
 
@@ -343,7 +364,7 @@ def queue_storage_action(request, ve, action, back: str, **params):
         messages.error(request, exc.message)
     else:
         messages.success(request, f"{task.get_action_display().capitalize()} of VE {ve.ctid} queued "
-                                  f"(task {task.pk}).")
+                                  f"(task {task.pk}).", extra_tags=f"task:{task.pk}")
     return redirect(back, ve.ctid)
 
 
@@ -473,7 +494,7 @@ def kept_backup_delete(request, backup_id):
 
 
 def network_context(request, ve, **forms):
-    from vzpanel.classroom.views import ssh_host
+    from vzpanel.nodes.sshforward import ssh_host
 
     from . import hosting
     from .forms import AddressAddForm, SSHPushForm
@@ -482,11 +503,21 @@ def network_context(request, ve, **forms):
     host = ssh_host(request)
     return {"ve": ve, "net": net, "ssh_host": host,
             "ssh_line": f"ssh -p {net['ssh_port']} root@{host}" if net["ssh_port"] else "",
+            "plan_full": not request.user.is_panel_admin and plan_is_full(net),
             "add_form": forms.get("add_form") or AddressAddForm(),
             "push_form": SSHPushForm(initial={"password_off": not net["password_login"]}),
             "keys": request.user.ssh_keys.all() if ve.owner_id == request.user.pk else (ve.owner.ssh_keys.all()
                                                                                         if ve.owner else []),
             "active_task": ve.tasks.filter(status__in=Task.ACTIVE).first()}
+
+
+def plan_is_full(net: dict) -> bool:
+    """Whether the VE holds every address its plan allows, of both families (then Add cannot succeed)."""
+    held = {4: 0, 6: 0}
+    for a in net["addresses"]:
+        held[a["version"]] += 1
+    allowed = {4: net["allowed"]["ipv4"] or 0, 6: net["allowed"]["ipv6"] or 0}
+    return all(held[v] >= allowed[v] for v in (4, 6))
 
 
 @login_required
@@ -575,9 +606,12 @@ def ssh_keys(request):
             except services.ServiceError as exc:
                 form.add_error("key", exc.message)
             else:
-                messages.success(request, f"Key {key.name} ({key.fingerprint}) added.")
+                messages.success(request, f"Key {key.name} added.")  # (its fingerprint is in the list)
                 return redirect("ves:ssh-keys")
         status = 400
+        if "PRIVATE KEY" in request.POST.get("key", ""):
+            form.data = form.data.copy()
+            form.data["key"] = ""  # a private key pasted by mistake is never sent back into the page
     return render(request, "ves/ssh_keys.html", {"form": form, "keys": request.user.ssh_keys.all()}, status=status)
 
 
@@ -628,10 +662,13 @@ def ip_pool_delete(request, pool_id):
 # --- the Firewall tab (vzpanel/ves/firewall.py) -------------------------------------------------------
 
 
-def firewall_context(ve) -> dict:
+def firewall_context(ve, rule=None) -> dict:
+    """The Firewall tab's context; ``rule`` is a refused new rule's fields, shown again to be corrected."""
     from . import firewall
 
+    rule = {k: str((rule or {}).get(k, ""))[:100] for k in ("action", "proto", "port", "source")}
     return {"ve": ve, "fw": firewall.current(ve), "presets": firewall.PRESETS, "actions": firewall.ACTIONS,
+            "rule": rule,
             "protos": firewall.PROTOS, "max_rules": firewall.MAX_RULES,
             "active_task": ve.tasks.filter(status__in=Task.ACTIVE).first(),
             "tasks": ve.tasks.filter(action=Task.Action.SET_FIREWALL).select_related("user")[:5]}
@@ -678,6 +715,7 @@ def ve_firewall_change(request, ctid):
         task = firewall.set_firewall(request.user, ve, policy, rules, request=request)
     except services.ServiceError as exc:
         messages.error(request, exc.message)
-        return render(request, "ves/ve_firewall.html", firewall_context(ve), status=exc.status_code)
+        return render(request, "ves/ve_firewall.html", firewall_context(ve, post if what == "add" else None),
+                      status=exc.status_code)
     messages.success(request, f"The firewall is being changed (task {task.pk}).")
     return redirect("ves:firewall", ve.ctid)

@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
                 ('at', models.DateTimeField(auto_now_add=True, db_index=True)),
                 ('username', models.CharField(blank=True, db_index=True, max_length=150)),
                 ('action', models.CharField(db_index=True, max_length=64)),
-                ('ctid', models.PositiveIntegerField(blank=True, db_index=True, null=True)),
+                ('ctid', models.PositiveIntegerField(blank=True, db_index=True, null=True, db_column='ve_ctid')),
                 ('ip', models.GenericIPAddressField(blank=True, null=True)),
                 ('result', models.CharField(choices=[('ok', 'ok'), ('queued', 'queued'), ('completed', 'completed'), ('failed', 'failed'), ('errored', 'errored'), ('cancelled', 'cancelled'), ('denied', 'denied')], default='ok', max_length=16)),
                 ('detail', models.CharField(blank=True, max_length=500)),

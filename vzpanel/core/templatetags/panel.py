@@ -11,6 +11,7 @@ STATUS_CLASSES = {
     "creating": "info",
     "queued": "info",
     "missing": "warning",
+    "rescue": "warning",
     "cancelled": "warning",
     "failed": "danger",
     "errored": "danger",

@@ -20,7 +20,7 @@ class Migration(migrations.Migration):
             name='VE',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('ctid', models.PositiveIntegerField(validators=[django.core.validators.MinValueValidator(100), django.core.validators.MaxValueValidator(999999999)], verbose_name='CTID')),
+                ('ctid', models.PositiveIntegerField(validators=[django.core.validators.MinValueValidator(100), django.core.validators.MaxValueValidator(999999999)], verbose_name='CTID', db_column='ve_ctid')),
                 ('hostname', models.CharField(blank=True, max_length=253)),
                 ('ostemplate', models.CharField(max_length=100, verbose_name='OS template')),
                 ('status', models.CharField(choices=[('creating', 'creating'), ('running', 'running'), ('stopped', 'stopped'), ('missing', 'missing'), ('destroyed', 'destroyed')], default='creating', max_length=16)),

@@ -17,7 +17,7 @@ class Migration(migrations.Migration):
             name='Backup',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('ctid', models.PositiveIntegerField(verbose_name='CTID')),
+                ('ctid', models.PositiveIntegerField(verbose_name='CTID', db_column='ve_ctid')),
                 ('path', models.CharField(help_text='the archive on the node', max_length=1000)),
                 ('size_bytes', models.BigIntegerField(default=0)),
                 ('files', models.PositiveIntegerField(blank=True, null=True)),

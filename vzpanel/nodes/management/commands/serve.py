@@ -97,7 +97,10 @@ class Command(BaseCommand):
             for i in range(1, settings.TASK_WORKERS + 1):
                 self.start(f"worker{i}", [sys.executable, str(settings.BASE_DIR / "manage.py"), "rqworker",
                                           f"node:{settings.VZPANEL_NODE}", "--name",
-                                          f"worker-{settings.VZPANEL_NODE}-{os.getpid()}-{i}"], web_env,
+                                          f"worker-{settings.VZPANEL_NODE}-{os.getpid()}-{i}",
+                                          # RQ's scheduler runs jobs queued for later (webhook retries); one
+                                          # worker of a queue holds its lock, the others stand by.
+                                          "--with-scheduler"], web_env,
                            web_user=True)
             self.start("agent", [sys.executable, "-m", "vzpanel.agent", "--node", settings.VZPANEL_NODE], root_env,
                        web_user=False)
@@ -362,6 +365,7 @@ class Command(BaseCommand):
         queue = Queue(f"node:{settings.VZPANEL_NODE}", connection=redis_py.Redis.from_url(redis_url))
         next_reconcile = 0.0
         periodic: list = []  # the last reconcile and tick jobs: a new round waits until they have run
+        next_metrics, metrics_job = 0.0, []  # usage samples for the graphs (vzpanel/metrics), their own clock
         next_status = time.monotonic() + 60
         while not self.stopping:
             for name, proc in self.children.items():
@@ -378,9 +382,20 @@ class Command(BaseCommand):
                         # the classroom tick: lab schedules and the idle policy
                         queue.enqueue("vzpanel.classroom.jobs.tick", settings.VZPANEL_NODE, result_ttl=0,
                                       failure_ttl=3600, job_timeout=300, description="classroom tick"),
+                        # monthly traffic: every VE's counters in one agent call, quotas (vzpanel/traffic)
+                        queue.enqueue("vzpanel.traffic.jobs.meter_node", settings.VZPANEL_NODE, result_ttl=0,
+                                      failure_ttl=3600, job_timeout=300, description="traffic"),
                     ]
                 except Exception as exc:
                     self.say(f"could not queue reconcile: {exc}")
+            if now >= next_metrics and not self.still_pending(metrics_job):
+                next_metrics = now + settings.METRICS_INTERVAL
+                try:  # at the front: a sample is tiny and must not wait behind a queue of tasks
+                    metrics_job = [queue.enqueue("vzpanel.metrics.jobs.collect", settings.VZPANEL_NODE, result_ttl=0,
+                                                 failure_ttl=600, job_timeout=60, at_front=True,
+                                                 description="usage sample")]
+                except Exception as exc:
+                    self.say(f"could not queue the usage sample: {exc}")
             if now >= next_status:
                 next_status = now + 60
                 try:
