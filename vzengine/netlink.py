@@ -362,3 +362,46 @@ class Netlink:
             raise
         return True
 
+
+
+def watch_deleted_links(on_deleted, stop: threading.Event) -> None:
+    """Call ``on_deleted(name, ifindex, stats)`` for every interface deleted in this network namespace until
+    ``stop`` is set; ``stats`` are the kernel's last counters of it (IFLA_STATS64: rx_bytes, tx_bytes, ...),
+    which the deletion message carries: the only record of them once the interface is gone.
+
+    A plain netlink socket subscribed to link events, its messages decoded by pyroute2's ifinfmsg (pyroute2's
+    own IPRoute delivers no events when it runs outside the main thread)."""
+    import select
+    import struct
+
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    rtm_dellink, rtmgrp_link = 17, 1
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, rtmgrp_link))
+        while not stop.is_set():
+            ready, _, _ = select.select([sock], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                data = sock.recv(1 << 16)
+            except OSError as exc:  # ENOBUFS: events were lost while we were busy; keep watching
+                if exc.errno == errno.ENOBUFS:
+                    continue
+                raise
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=LH", data, offset)
+                if length < 16:
+                    break
+                if kind == rtm_dellink:
+                    msg = ifinfmsg(data[offset:offset + length])
+                    msg.decode()
+                    stats = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS")
+                    if stats:
+                        on_deleted(msg.get_attr("IFLA_IFNAME") or "", int(msg["index"]), dict(stats))
+                offset += (length + 3) & ~3
+    finally:
+        sock.close()

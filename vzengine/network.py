@@ -1221,14 +1221,37 @@ class NetworkFeature(Feature):
     def save_traffic(self, ctid: int) -> None:
         """Keep the counts of the VE's veth before the engine deletes it (checkpoint.py too)."""
         run = self._veth_run(ctid)
-        if run is None:
-            return
+        if run is not None:
+            self._save_run(ctid, run[0], run[1])
+
+    def _save_run(self, ctid: int, name: str, counts: tuple[int, int, int, int]) -> None:
         d = self.traffic_dir / str(ctid)
         d.mkdir(parents=True, exist_ok=True)
-        path = d / run[0]
+        path = d / name
         old = _read_counts(path) or (0, 0, 0, 0)
-        counts = [max(a, b) for a, b in zip(old, run[1], strict=True)]
-        _write_atomic(path, " ".join(map(str, counts)) + "\n")
+        _write_atomic(path, " ".join(str(max(a, b)) for a, b in zip(old, counts, strict=True)) + "\n")
+
+    def veth_deleted(self, name: str, index: int, stats: dict) -> int | None:
+        """Keep the last counts of a VE's host-side veth that was deleted under us; return its VE, or None.
+
+        A VE's root can delete its own eth0, which deletes the whole pair: the host's end, where its traffic
+        is counted, with the counts since the last reading. The node agent watches deletions (the kernel's
+        message carries the final counters) and calls this. Writing a run only raises it, so a veth the stop
+        hook or the engine already saved counts once.
+        """
+        rest = name[len(self.ifprefix):] if name.startswith(self.ifprefix) else ""
+        try:
+            ctid = int(rest[1:], 36) if rest.startswith("x") else int(rest) if rest.isdigit() else None
+        except ValueError:
+            return None
+        if ctid is None or self.ifname(ctid) != name or not self.engine.exists(ctid):
+            return None
+        d = self.traffic_dir / str(ctid)
+        run = f"{_boot_id()}-{index}"
+        if run in _read_total(d / "total")[1]:
+            return ctid  # folded into the total already
+        self._save_run(ctid, run, tuple(int(stats.get(k, 0)) for k in VETH_STATS))
+        return ctid
 
     def _fold_runs(self, ctid: int) -> None:
         """Add the runs that ended into "total" (the network lock is held)."""

@@ -54,6 +54,7 @@ class Agent:
         self._prepare()
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
+        threading.Thread(target=self._watch_veths, name="veth-watch", daemon=True).start()
         key = protocol.requests_key(self.node)
         log.warning("node agent for %s serving %s with %d thread(s)", self.node, key, self.threads)
         try:
@@ -91,6 +92,33 @@ class Agent:
                 engine.ensure_ready()
         except VZError as exc:
             log.error("the engine root is not ready: %s (requests will say so)", exc.message)
+
+    def _watch_veths(self) -> None:
+        """Keep the last traffic counts of a VE veth deleted under the engine (a VE's root can delete its own
+        eth0, and the host's end with it): the monthly traffic must not lose what it moved (ops: the network
+        feature's veth_deleted)."""
+        from vzengine import Engine, VZError, netlink
+
+        engine = Engine(self.vz_root)  # reads the root's settings only; its VEs are looked up per deletion
+        net = next((f for f in engine.features if f.name == "network"), None)
+        if net is None:
+            return
+
+        def deleted(name, index, stats):
+            try:
+                if name.startswith(net.ifprefix):
+                    ctid = net.veth_deleted(name, index, stats)
+                    if ctid is not None:
+                        log.info("VE %s: kept the last counts of its deleted veth %s", ctid, name)
+            except (VZError, OSError) as exc:
+                log.warning("could not keep the counts of deleted veth %s: %s", name, exc)
+
+        while not self.stopping.is_set():
+            try:
+                netlink.watch_deleted_links(deleted, self.stopping)
+            except Exception:  # a netlink hiccup must not end the agent: watch again
+                log.exception("watching deleted veths failed; watching again")
+                self.stopping.wait(1)
 
     def stop(self, *_args) -> None:
         self.stopping.set()

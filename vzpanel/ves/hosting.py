@@ -32,6 +32,7 @@ from .services import (
     busy_message,
     check_quotas,
     plan_of,
+    refuse_if_locked,
 )
 
 LIVE = {VE.Status.RUNNING, VE.Status.STOPPED}
@@ -187,6 +188,9 @@ def remove_address(user, ve: VE, address: str, *, request=None) -> Task:
 
 def set_reverse_dns(user, ve: VE, address: str, name: str) -> IPAddress:
     """Store the reverse-DNS name of one of ve's addresses ("" clears it) and tell listeners."""
+    locked = refuse_if_locked(user, ve, "reverse_dns")  # stored at once, not a task: the lock is checked here
+    if locked:
+        raise ActionRefused(locked)
     row = IPAddress.objects.filter(ve=ve, address=(address or "").strip()).first()
     if row is None:
         raise InvalidRequest(f"VE {ve.ctid} has no address {address!r}.")
