@@ -143,6 +143,7 @@ INSTALLED_APPS = [
     "vzpanel.metrics",
     "vzpanel.traffic",
     "vzpanel.billing",
+    "vzpanel.alerts",  # after dashboard and billing: it replaces the dashboard's alerts slot, adds webhook events
 ]
 
 MIDDLEWARE = [
@@ -305,3 +306,13 @@ AUTHENTICATION_BACKENDS = [
     *globals().get("AUTHENTICATION_BACKENDS", ["django.contrib.auth.backends.ModelBackend"]),
     *_sso.backends,
 ]
+
+# E-mail (alerts): Django's SMTP backend by default, to VZPANEL_SMTP_HOST:VZPANEL_SMTP_PORT.
+EMAIL_BACKEND = os.environ.get("VZPANEL_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = os.environ.get("VZPANEL_SMTP_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("VZPANEL_SMTP_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("VZPANEL_SMTP_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("VZPANEL_SMTP_PASSWORD", "")
+EMAIL_USE_TLS = os.environ.get("VZPANEL_SMTP_STARTTLS", "") == "1"
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = os.environ.get("VZPANEL_MAIL_FROM", "vzpanel@localhost")

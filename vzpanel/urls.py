@@ -22,6 +22,7 @@ urlpatterns = [
     path("classes/", include("vzpanel.classroom.urls")),
     path("audit/", include("vzpanel.audit.urls")),
     path("billing/", include("vzpanel.billing.urls")),
+    path("alerts/", include("vzpanel.alerts.urls")),
     path("metrics/", include("vzpanel.metrics.urls")),
     path("resellers/", include("vzpanel.resellers.urls")),
     path("nodes/", include("vzpanel.nodes.urls")),

@@ -62,7 +62,7 @@ def test_it_shows_admins_nodes_ve_states_failing_tasks_capacity_and_an_alerts_sl
     assert "1 of 5" in html  # one of the pool's 5 usable addresses is held (network, broadcast, gateway are not)
     assert '<span id="failing-count">1</span>' in html
     assert f'data-task="{failed.pk}"' in html and "boom-recent" in html and "boom-old" not in html
-    assert 'data-placeholder="alerts"' in html  # where the alerts app plugs in
+    assert 'data-placeholder="alerts"' not in html and "Nothing is firing." in html  # the alerts app's panel
 
 
 def test_an_app_replaces_the_alerts_placeholder_by_registering_its_own_panel(client_for, admin, owner, node):
@@ -83,7 +83,7 @@ def test_a_customer_sees_their_own_ves_and_no_one_elses_and_no_node(client_for, 
     make_ve(outsider, node, 201, hostname="olgas-secret")
 
     html = page(client_for(owner))
-    assert panel_names(html) == ["my_ves"]
+    assert panel_names(html) == ["my_ves", "alerts"]  # alerts: only of their own VEs (tests/panel/test_alerts.py)
     assert "Your VEs: 2" in html and ">unknown 2</span>" in html and ">running " not in html
     assert 'data-ctid="101"' in html and 'data-ctid="102"' in html and "mine-web" in html
     assert "olgas-secret" not in html and 'data-ctid="201"' not in html
@@ -111,7 +111,7 @@ def test_a_teacher_sees_their_classes_with_running_and_stopped_counts(client_for
     Membership.objects.create(course=other, user=make_user("s9", "student"), ve=make_ve(None, node, 399))
 
     html = page(client_for(teacher))
-    assert panel_names(html) == ["my_ves", "classes"]
+    assert panel_names(html) == ["my_ves", "classes", "alerts"]
     assert f'data-course="{course.pk}"' in html and f'data-course="{other.pk}"' not in html
     row = html[html.index(f'data-course="{course.pk}"'):]
     row = row[:row.index("</tr>")]
@@ -128,7 +128,7 @@ def test_a_reseller_sees_their_customers_ves_only(client_for, node, plan, outsid
     make_ve(outsider, node, 402, hostname="not-rita-s")
 
     html = page(client_for(reseller))
-    assert panel_names(html) == ["my_ves", "customer_ves"]
+    assert panel_names(html) == ["my_ves", "customer_ves", "alerts"]
     assert "Your customers' VEs: 1 (1 customer)" in html
     assert "carls-shop" in html and "carl-customer" in html
     assert "not-rita-s" not in html

@@ -48,11 +48,14 @@ from . import traffic  # noqa: E402
 
 router.register(r"ves/(?P<ctid>\d+)/traffic", traffic.VETrafficViewSet, basename="ve-traffic")
 
+from vzpanel.alerts.api import AlertList  # noqa: E402
+
 urlpatterns = [
     # The schema is for signed-in users (a session or a token), like the API it describes.
     path("schema/", SpectacularAPIView.as_view(permission_classes=[IsAuthenticated]), name="api-schema"),
     path("", include(router.urls)),
     path("v1/billing/", include("vzpanel.billing.api_urls")),  # billing systems (issue 15, vzpanel/billing/)
+    path("alerts/", AlertList.as_view(), name="api-alerts"),  # alerts (issue 20, vzpanel/alerts/)
     # Anything else under /api/ (an id the routes cannot match, say) is a JSON 404 like every API error.
     path("<anything:rest>", views.NotFoundView.as_view(), name="api-not-found"),
 ]

@@ -385,6 +385,9 @@ class Command(BaseCommand):
                         # monthly traffic: every VE's counters in one agent call, quotas (vzpanel/traffic)
                         queue.enqueue("vzpanel.traffic.jobs.meter_node", settings.VZPANEL_NODE, result_ttl=0,
                                       failure_ttl=3600, job_timeout=300, description="traffic"),
+                        # alerts: after the reconcile stored the VEs' states and usage (vzpanel/alerts)
+                        queue.enqueue("vzpanel.alerts.services.evaluate", settings.VZPANEL_NODE, result_ttl=0,
+                                      failure_ttl=3600, job_timeout=300, description="alerts"),
                     ]
                 except Exception as exc:
                     self.say(f"could not queue reconcile: {exc}")
