@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, BinaryIO
 from . import archive, checkpoint, validate
 from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, Unsupported
 from .layout import read_kv
+from .progress import Progress
+from .progress import quiet as _quiet
 from .rollback import Rollback
 from .run import which
 from .tarstream import (
@@ -55,7 +57,6 @@ from .veconf import VEConfig
 if TYPE_CHECKING:
     from .engine import Engine, VEInfo
 
-Progress = Callable[[int, str], None]
 
 FORMAT = "vzpanel-backup"
 VERSION = 1
@@ -75,8 +76,6 @@ _META = {b"x", b"g", b"L", b"K"}
 _CAPTURE_MAX = 1 << 20
 
 
-def _quiet(_pct: int, _msg: str) -> None:
-    pass
 
 
 class BadArchive(InvalidInput):

@@ -20,20 +20,20 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import cgroups, criu
 from .errors import CommandFailed, StateError, Unsupported, VZError
+from .progress import Progress
+from .progress import quiet as _quiet
 from .run import run
 
 if TYPE_CHECKING:
     from .engine import Engine
     from .veconf import VEConfig
 
-Progress = Callable[[int, str], None]
 MARKER = "vz-suspend.json"
 DUMP_ATTEMPTS = 3
 # VEs being resumed right now, (root, ctid): their features' after_start must keep the images.
@@ -48,8 +48,6 @@ _LXCFS_TREES = ("/proc/", "/sys/devices/system/cpu")
 _IP_ARG = re.compile(r"[0-9A-Za-z.:/-]{1,64}")
 
 
-def _quiet(_pct: int, _msg: str) -> None:
-    pass
 
 
 def _printable(text: str, width: int = 300) -> str:

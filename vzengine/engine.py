@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,17 +19,13 @@ from .features import Feature, load_features
 from .layout import Layout
 from .lock import ve_lock
 from .lxc import LXC
+from .progress import Progress
+from .progress import quiet as _quiet
 from .rollback import Rollback
 from .run import run
 from .storage import Storage, open_storage
 from .templates import TemplateSpec, TemplateStore
 from .veconf import VEConfig
-
-Progress = Callable[[int, str], None]
-
-
-def _quiet(_pct: int, _msg: str) -> None:
-    pass
 
 
 @dataclass

@@ -28,13 +28,14 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import accounting, idmount, rootfs, sshkeys, validate
 from .errors import InvalidInput, NotFound, StateError, VZError
 from .features import Feature
+from .progress import Progress
+from .progress import quiet as _quiet
 from .rollback import Rollback
 from .run import run
 
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from .layout import Layout
     from .veconf import VEConfig
 
-Progress = Callable[[int, str], None]
 DEFAULT_TEMPLATE = "debian-12-sysv"
 DEFAULT_DISKSPACE = "2G"  # what the rescue system itself may write (the VE's disk at /mnt keeps its own quota)
 # Operations refused while a VE is in rescue (the names Engine._lock is given): they would boot the VE's
@@ -58,8 +58,6 @@ REFUSED = {
 _HASH = re.compile(r"[A-Za-z0-9./$*!=+-]{0,512}")
 
 
-def _quiet(_pct: int, _msg: str) -> None:
-    pass
 
 
 # --- where things are --------------------------------------------------------------------------------

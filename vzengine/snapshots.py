@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +30,8 @@ from typing import TYPE_CHECKING
 from . import checkpoint, rootfs, validate
 from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, Unsupported
 from .features import Feature
+from .progress import Progress
+from .progress import quiet as _quiet
 from .rollback import Rollback
 from .run import run
 from .veconf import VEConfig
@@ -38,15 +39,12 @@ from .veconf import VEConfig
 if TYPE_CHECKING:
     from .engine import Engine, VEInfo
 
-Progress = Callable[[int, str], None]
 
 # Config keys naming things that must be unique on a host (addresses, MACs, port forwards; the
 # network feature owns them): a clone, or a restore under another id, does not inherit them.
 UNIQUE_KEYS = re.compile(r"^(IP_ADDRESS|IP6_ADDRESS|PORTFWD|PORT_?FORWARD\w*|NETIF\w*|\w*_MAC|MAC\w*|HWADDR\w*|IDMAP)$")
 
 
-def _quiet(_pct: int, _msg: str) -> None:
-    pass
 
 
 def is_unique_key(key: str) -> bool:

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +23,11 @@ from . import archive, rootfs, validate
 from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, Unsupported
 from .idmap import shift_tree
 from .layout import Layout
+from .progress import Progress
+from .progress import quiet as _quiet
 from .rollback import Rollback
 from .run import run, which
 from .storage import Storage
-
-Progress = Callable[[int, str], None]
-
-
-def _quiet(_pct: int, _msg: str) -> None:
-    pass
-
 
 COMMON_PACKAGES = [
     "openssh-server", "iproute2", "iputils-ping", "iptables", "procps", "less", "vim-tiny",

@@ -109,9 +109,10 @@ def test_it_runs_debian_with_its_init_and_sshd(engine, new_ctid, template):
 
 def test_stop_lets_processes_finish_on_term_and_kills_those_that_ignore_it(engine, tiny_ve):
     """A stop sends init its halt signal; the VE ends as soon as init is the only process left (BusyBox's
-    init would sleep two more seconds), so a process that exits on TERM gets to finish first, and one that
+    init would sleep two more seconds), so a process that exits on TERM gets to finish first (BusyBox gives it a
+    second before KILL), and one that
     ignores TERM is killed when the timeout runs out."""
-    engine.exec(tiny_ve, "(trap 'sleep 0.5; echo done > /root/termed; exit 0' TERM; "
+    engine.exec(tiny_ve, "(trap 'sleep 0.1; echo done > /root/termed; exit 0' TERM; "
                          "while :; do sleep 0.05; done) >/dev/null 2>&1 &")
     engine.stop(tiny_ve)
     assert not engine.is_running(tiny_ve)

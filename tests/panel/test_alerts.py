@@ -1,6 +1,6 @@
 """Alerts: a VE near its memory limit, one that stopped on its own, a node that stopped answering. Each fires
 once per crossing, reaches its owner by e-mail (as they chose) and a signed webhook, shows in the panel to those
-who may see the VE, and resolves once. Real VEs through a real node agent; e-mail through Django's file backend;
+who may see the VE, and resolves once. Real VEs through a real node agent; e-mail through a real SMTP server;
 the webhook to a real HTTP server (tests/panel/test_billing.py's Receiver)."""
 
 import time
@@ -39,15 +39,47 @@ def live_ve(engine, new_ctid, alice, node):
                              status="running")
 
 
-@pytest.fixture
-def mailbox(settings, tmp_path):
-    settings.EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
-    settings.EMAIL_FILE_PATH = str(tmp_path / "mail")
+class SMTPReceiver:
+    """A real SMTP server on 127.0.0.1 (Python 3.11's smtpd, in a thread) that keeps what it is sent."""
 
-    def read() -> str:
-        d = tmp_path / "mail"
-        return "".join(p.read_text() for p in sorted(d.iterdir())) if d.is_dir() else ""
-    return read
+    def __init__(self):
+        import asyncore
+        import smtpd
+        import threading
+
+        self.messages: list[str] = []
+        self.map: dict = {}
+        box = self
+
+        class Server(smtpd.SMTPServer):
+            def process_message(self, peer, mailfrom, rcpttos, data, **kw):
+                box.messages.append(f"X-Rcpt: {', '.join(rcpttos)}\n" + data.decode(errors="replace"))
+
+        self.server = Server(("127.0.0.1", 0), None, map=self.map, decode_data=False)
+        self.port = self.server.socket.getsockname()[1]
+        self.running = True
+        self.thread = threading.Thread(
+            target=lambda: [asyncore.loop(timeout=0.05, map=self.map, count=1) for _ in iter(lambda: self.running,
+                                                                                              False)],
+            daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.running = False
+        self.thread.join(5)
+        self.server.close()
+
+
+@pytest.fixture
+def mailbox(settings):
+    """Django's SMTP backend pointed at a real SMTP server this test starts; read() = every message so far."""
+    smtp = SMTPReceiver()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_USE_TLS = "127.0.0.1", smtp.port, False
+    try:
+        yield lambda: "".join(smtp.messages)
+    finally:
+        smtp.close()
 
 
 @pytest.fixture
@@ -138,3 +170,16 @@ def test_a_node_whose_agent_stops_answering_is_an_alert_for_the_admins(node, adm
     assert down.firing and "root@example.test" in mailbox() and "node down" in mailbox()
     evaluate(node.name)
     assert Alert.objects.filter(node=node, kind="node_down").count() == 1
+
+
+def test_an_oom_kill_inside_the_ve_fires_the_oom_alert(node_agent, engine, live_ve, node, mailbox):
+    """A shell in the VE holds 300 MB in a variable (limit 128 MB): the kernel kills it, the alert fires once."""
+    engine.set(live_ve.ctid, swap="0", save=True)  # no swap to spill into: past the limit is a kill
+    a_pass(node)  # the baseline of the VE's counters
+    engine.exec(live_ve.ctid, "a=$(yes | head -c 300000000); echo ${#a}", timeout=120)
+    a_pass(node)
+    oom = Alert.objects.get(ve=live_ve, kind="oom")
+    assert oom.firing and "killed for lack of memory" in oom.message
+    a_pass(node)  # no new kill: the alert resolves (a kill is an event, not a state)
+    oom.refresh_from_db()
+    assert not oom.firing and Alert.objects.filter(ve=live_ve, kind="oom").count() == 1
