@@ -6,6 +6,7 @@ the webhook to a real HTTP server (tests/panel/test_billing.py's Receiver)."""
 import time
 
 import pytest
+from django.utils import timezone
 
 from tests.panel.conftest import make_user, wait_task
 from tests.panel.test_billing import Receiver
@@ -183,3 +184,27 @@ def test_an_oom_kill_inside_the_ve_fires_the_oom_alert(node_agent, engine, live_
     a_pass(node)  # no new kill: the alert resolves (a kill is an event, not a state)
     oom.refresh_from_db()
     assert not oom.firing and Alert.objects.filter(ve=live_ve, kind="oom").count() == 1
+
+
+def test_the_badge_the_dashboard_and_the_preferences_page(node, alice, outsider, client_for, mailbox):
+    """A firing alert shows in the owner's nav badge and dashboard, not the outsider's; preferences save and a
+    bad kind is refused with nothing changed."""
+    ve = VE.objects.create(ctid=990201, node=node, owner=alice, hostname="badge", ostemplate="tiny",
+                           status="stopped")
+    Alert.objects.create(kind="memory", ve=ve, message="VE 990201: memory at 95% of its limit",
+                         since=timezone.now())
+    page = client_for(alice).get("/alerts/").content.decode()
+    assert 'title="firing">1<' in page
+    assert "VE 990201" in client_for(alice).get("/").content.decode()  # the dashboard's alerts panel
+    other = client_for(outsider)
+    assert 'title="firing">' not in other.get("/alerts/").content.decode()
+    assert "VE 990201" not in other.get("/").content.decode()
+
+    c = client_for(alice)
+    assert c.post("/alerts/preferences/", {"kinds": ["memory", "oom"]}).status_code == 302
+    pref = AlertPreference.objects.get(user=alice)
+    assert not pref.email and pref.kinds == ["memory", "oom"]
+    r = c.post("/alerts/preferences/", {"email": "on", "kinds": ["bogus"]})
+    assert r.status_code == 200 and "bogus" in r.content.decode()  # the form says which choice is wrong
+    pref.refresh_from_db()
+    assert not pref.email and pref.kinds == ["memory", "oom"]

@@ -50,3 +50,15 @@ def test_the_generic_apps_never_import_the_classroom():
     importers = {str(p.relative_to(REPO)) for g in generic for p in (REPO / g).rglob("*.py")
                  if any(m.startswith("vzpanel.classroom") for m in imported_modules(p))}
     assert importers == set()
+
+
+def test_a_node_name_the_panel_accepts_is_one_the_agent_accepts():
+    """The Node model's name rule and the agent protocol's must agree (a node named a_b had no agent)."""
+    import re
+
+    from vzpanel.agent.protocol import NODE_RE
+
+    source = (REPO / "vzpanel/nodes/models.py").read_text()
+    rule = re.compile(re.search(r'RegexValidator\(r"([^"]+)"', source).group(1))
+    for name in ("local", "node-2", "a", "x" * 63, "n_1", "n.1", "Node", "-n", "templates", "x" * 64, ""):
+        assert bool(rule.match(name)) == (bool(NODE_RE.match(name)) and name != "templates"), name

@@ -22,8 +22,13 @@ def host_ram_mb() -> int:
 class Node(models.Model):
     """A hardware node running vzengine and a node agent on queue `node:<name>`."""
 
+    # The node agent's own rule (vzpanel.agent.protocol.NODE_RE): a name it refuses could never have an agent.
+    # "templates" is the templates page's path under /nodes/.
     name = models.CharField(
-        max_length=64, unique=True, validators=[RegexValidator(r"^[a-z0-9][a-z0-9_.-]*$")]
+        max_length=63, unique=True,
+        validators=[RegexValidator(r"^(?!templates$)[a-z0-9][a-z0-9-]{0,62}$",
+                                   "Lower-case letters, digits and hyphens, starting with a letter or digit; "
+                                   "not \"templates\".")],
     )
     description = models.CharField(max_length=200, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True, help_text="last reconcile")
