@@ -34,3 +34,5 @@ urlpatterns = [
     path("django-admin/login/", AdminLoginView.as_view(), name="admin-login"),
     path("django-admin/", admin.site.urls),
 ]
+
+handler400 = "vzpanel.core.errors.bad_request"
