@@ -3,7 +3,7 @@
     sudo .venv/bin/python bench/metrics_bench.py [--ves 10,50,100,200] [--passes 10] [--store-ves 1000]
 
 1. Agent side, at N running tiny VEs (each with an address, so a veth to count): CPU ms of one pass of the
-   `metrics_sample` operation as the agent runs it (vzpanel/agent/ops.py -> vzpanel/metrics/sampler.py),
+   `metrics_sample` operation as the agent runs it (vzpanel/agent/ops.py -> vzengine/sampling.py),
    against reading the same kernel files raw (open + read + close each, no parsing: the `cat` floor), and
    against the `list` operation with usage=True (Engine.list + Engine.usage per VE, what reconcile asks for).
    Per-VE slope from the smallest to the largest N, extrapolated to 1,000 VEs, in % of one core at a 10 s
@@ -55,8 +55,8 @@ def fmt(t) -> str:
 
 def agent_pass(eng: Engine):
     """The `metrics_sample` operation exactly as the agent runs it, its same-slot guard reset each time."""
+    from vzengine.sampling import sampler_for
     from vzpanel.agent.ops import OPS, Context
-    from vzpanel.metrics.sampler import sampler_for
 
     op = OPS["metrics_sample"]
     ctx = Context(eng, eng.layout.root / "backups", lambda *_: None)

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
+from vzengine.sampling import Reading, rate
 from vzpanel.metrics import rollup
-from vzpanel.metrics.sampler import Reading, rate
 
 
 def sample(cpu, mem, disk=1000, net_in=0, net_out=0, nproc=3):

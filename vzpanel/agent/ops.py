@@ -459,10 +459,10 @@ def _ssh_keys_set(c: Context, ctid, keys, password_login):
 
 @op("metrics_sample", interval=P(integer(1, 3600)))
 def _metrics_sample(c: Context, interval=10):
-    """One pass over the node's VEs and the host for the panel's graphs (vzpanel/metrics/sampler.py)."""
+    """One pass over the node's VEs and the host for the panel's graphs (vzengine/sampling.py)."""
     from vzengine import accounting, cgroups
     from vzengine.network import ifname
-    from vzpanel.metrics.sampler import sampler_for
+    from vzengine.sampling import sampler_for
 
     layout = c.engine.layout
     reader = accounting.UsageReader(layout) if layout.root.is_dir() else None

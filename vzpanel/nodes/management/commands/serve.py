@@ -33,6 +33,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from vzpanel.core import tls
+from vzpanel.nodes.join import agent_acl_line, joined_nodes, secret_path
 
 REDIS_USER = "vzpanel-redis"
 STOP_GRACE = 5.0  # seconds each process gets after SIGTERM before it is stopped harder
@@ -59,8 +60,12 @@ class Command(BaseCommand):
                             help="a plain-HTTP port that redirects to HTTPS (0: none; default 8000)")
         parser.add_argument("--no-tls", action="store_true", default=os.environ.get("VZPANEL_NO_TLS") == "1",
                             help="serve plain HTTP on --port (behind a TLS proxy listed in VZPANEL_TRUSTED_PROXIES)")
+        parser.add_argument("--redis-listen", default=os.environ.get("VZPANEL_REDIS_LISTEN") or None,
+                            metavar="ADDRESS:PORT",
+                            help="also let the private Redis listen here, for the agents of other nodes")
 
-    def handle(self, *args, host, port, http_port, no_tls, **options):
+    def handle(self, *args, host, port, http_port, no_tls, redis_listen=None, **options):
+        self.redis_listen = redis_listen
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False
         signal.signal(signal.SIGTERM, self.on_signal)
@@ -258,6 +263,22 @@ class Command(BaseCommand):
         return {"panel": f"unix://panel:{self.redis_pass['panel']}@{sock}",
                 "agent": f"unix://agent-{node}:{self.redis_pass['agent']}@{sock}"}
 
+    def joined_node_acls(self, local: str) -> list[str]:
+        """ACL users of the nodes `manage.py node add` joined: each reaches its own keys only."""
+        secrets_dir = self.state / "secrets"
+        return [agent_acl_line(name, sha256(secret_file(secret_path(secrets_dir, name), os.geteuid(),
+                                                        os.getegid(), 0o600)))
+                for name in joined_nodes(secrets_dir) if name != local]
+
+    def redis_listen_lines(self) -> list[str]:
+        """With --redis-listen ADDRESS:PORT, Redis also listens there (over TLS unless --no-tls) for remote nodes."""
+        if not self.redis_listen:
+            return []
+        address, _, port = self.redis_listen.rpartition(":")
+        if not address or not port.isdigit():
+            raise CommandError(f"--redis-listen {self.redis_listen!r}: give ADDRESS:PORT")
+        return [f"bind {address.strip('[]')}", f"port {int(port)}", "protected-mode no"]
+
     def start_redis(self):
         server = shutil.which("redis-server")
         if not server:
@@ -272,8 +293,8 @@ class Command(BaseCommand):
             "user default off",
             f"user panel on #{sha256(self.redis_pass['panel'])} ~* &* +@all -@admin",
             # A node's agent reaches its own request and reply lists (and the console's channel layer) only.
-            f"user agent-{node} on #{sha256(self.redis_pass['agent'])} resetkeys ~vz:agent:{node}:* ~asgi* "
-            "resetchannels &* +@all -@admin",
+            agent_acl_line(node, sha256(self.redis_pass["agent"])),
+            *self.joined_node_acls(node), *self.redis_listen_lines(),
         ]) + "\n"
         write_new(run_dir / "redis.conf", conf, os.geteuid(), os.getegid(), 0o644, replace=True)
         argv = [server, str(run_dir / "redis.conf")]

@@ -1,9 +1,8 @@
 """One sampling pass over a node's VEs and the host, in the node agent (root): the `metrics_sample` operation.
 
-Runs in the agent process only (vzpanel/agent/ops.py calls `SAMPLER.sample`), imports neither Django nor the
-engine: ops.py hands it the engine (for its layout and VE ids) and the cgroup path function, so the layer rule
-(only the agent's doors import vzengine) holds. It reads the few kernel files a graph needs, not the ~20 of
-`Engine.usage` (tests/unit/test_layers.py; bench/metrics_bench.py measures the difference):
+Runs in the node agent (vzpanel/agent/ops.py's `metrics_sample` calls `sampler_for(root).sample`), which hands
+it the engine (for its layout and VE ids) and the engine's path functions. It reads the few kernel files a graph
+needs, not the ~20 of `Engine.usage` (bench/metrics_bench.py measures the difference):
 
 | value | file (cgroup v1 / v2) |
 | --- | --- |
@@ -32,19 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
-def _read(path: str) -> str | None:
-    """One small kernel file with as few syscalls as possible (the hot path: a few per VE)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 65536).decode()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+from .cgroups import read_fast as _read
 
 
 def _int(text: str | None) -> int | None:
