@@ -79,14 +79,17 @@ def evaluate(node_name: str, now=None) -> dict:
         limits = _thresholds(ves)
         states = {s.ve_id: s for s in VEAlertState.objects.filter(ve__in=ves)}
         since = min((s.at for s in states.values()), default=now)
-        asked = set(Task.objects.filter(ve__in=ves, created_at__gte=since).values_list("ve_id", flat=True))
+        asked: dict[int, list] = {}  # VE -> when the panel was asked to do something to it since the oldest state
+        for ve_id, at in Task.objects.filter(ve__in=ves, created_at__gte=since).values_list("ve_id", "created_at"):
+            asked.setdefault(ve_id, []).append(at)
         for ve in ves:
             state = states.get(ve.pk)
             last = dict(state.seen) if state else {}
             last["stopped_alone"] = (ve.pk, None, "stopped") in open_alerts
             usage = ve.usage or {}
             memory_percent, disk_percent = limits[ve.pk]
-            conds = rules.conditions(usage, last, ve.status, last.get("status"), ve.pk in asked,
+            asked_since_last = any(at >= state.at for at in asked.get(ve.pk, ())) if state else ve.pk in asked
+            conds = rules.conditions(usage, last, ve.status, last.get("status"), asked_since_last,
                                      memory_percent, disk_percent)
             for kind, (condition, message) in conds.items():
                 decide(kind, condition, f"VE {ve.ctid}: {message}", ve)
