@@ -41,34 +41,29 @@ def live_ve(engine, new_ctid, alice, node):
 
 
 class SMTPReceiver:
-    """A real SMTP server on 127.0.0.1 (Python 3.11's smtpd, in a thread) that keeps what it is sent."""
+    """A real SMTP server on 127.0.0.1 (aiosmtpd, in a thread of its own) that keeps what it is sent."""
 
     def __init__(self):
-        import asyncore
-        import smtpd
-        import threading
+        from aiosmtpd.controller import Controller
+
+        from tests.panel.conftest import free_port
 
         self.messages: list[str] = []
-        self.map: dict = {}
         box = self
 
-        class Server(smtpd.SMTPServer):
-            def process_message(self, peer, mailfrom, rcpttos, data, **kw):
-                box.messages.append(f"X-Rcpt: {', '.join(rcpttos)}\n" + data.decode(errors="replace"))
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                data = envelope.content.decode(errors="replace") if isinstance(envelope.content, bytes) \
+                    else envelope.content
+                box.messages.append(f"X-Rcpt: {', '.join(envelope.rcpt_tos)}\n" + data)
+                return "250 OK"
 
-        self.server = Server(("127.0.0.1", 0), None, map=self.map, decode_data=False)
-        self.port = self.server.socket.getsockname()[1]
-        self.running = True
-        self.thread = threading.Thread(
-            target=lambda: [asyncore.loop(timeout=0.05, map=self.map, count=1) for _ in iter(lambda: self.running,
-                                                                                              False)],
-            daemon=True)
-        self.thread.start()
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
 
     def close(self):
-        self.running = False
-        self.thread.join(5)
-        self.server.close()
+        self.controller.stop()
 
 
 @pytest.fixture
