@@ -41,11 +41,13 @@ def joined_nodes(secrets_dir: Path) -> list[str]:
 def agent_acl_line(name: str, password_sha256: str) -> str:
     """The Redis ACL user of one node's agent: its own request and reply keys and the console channel layer.
 
-    ``resetkeys``/``resetchannels`` first, so nothing granted elsewhere widens it.
+    ``resetkeys``/``resetchannels`` first, so nothing granted elsewhere widens it. Commands that name no key
+    are not held by the key patterns, so those reaching every key are taken away: @dangerous (FLUSHALL,
+    FLUSHDB, KEYS, ...), SCAN and RANDOMKEY. No agent uses them.
     """
     check_name(name)
     return (f"user agent-{name} on #{password_sha256} resetkeys ~vz:agent:{name}:* ~asgi* "
-            "resetchannels &* +@all -@admin")
+            "resetchannels &* +@all -@admin -@dangerous -scan -randomkey")
 
 
 def agent_command(name: str, redis_url: str, vz_root: str = "/var/lib/vz") -> str:

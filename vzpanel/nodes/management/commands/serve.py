@@ -65,7 +65,7 @@ class Command(BaseCommand):
                             help="also let the private Redis listen here, for the agents of other nodes")
 
     def handle(self, *args, host, port, http_port, no_tls, redis_listen=None, **options):
-        self.redis_listen = redis_listen
+        self.redis_listen, self.no_tls = redis_listen, no_tls
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False
         signal.signal(signal.SIGTERM, self.on_signal)
@@ -277,7 +277,13 @@ class Command(BaseCommand):
         address, _, port = self.redis_listen.rpartition(":")
         if not address or not port.isdigit():
             raise CommandError(f"--redis-listen {self.redis_listen!r}: give ADDRESS:PORT")
-        return [f"bind {address.strip('[]')}", f"port {int(port)}", "protected-mode no"]
+        address = address.strip("[]")
+        if self.no_tls:
+            return [f"bind {address}", f"port {int(port)}", "protected-mode no"]
+        group = grp.getgrgid(self.web_gid).gr_name if self.web_user is not None else None
+        cert, key = tls.ensure_certificate(self.state / "redis-tls", [address], group=group)
+        return [f"bind {address}", f"tls-port {int(port)}", f"tls-cert-file {cert}", f"tls-key-file {key}",
+                "tls-auth-clients no", "protected-mode no"]
 
     def start_redis(self):
         server = shutil.which("redis-server")
