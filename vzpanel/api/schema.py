@@ -60,8 +60,8 @@ class AutoSchema(SpectacularAutoSchema):
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
         codes = [401, 403, 429]
-        if "{" in self.path:
-            codes.append(404)
+        if "{" in self.path or (direction == "response" and self.method == "GET" and self._get_paginator()):
+            codes.append(404)  # an id not there or not yours; a page beyond the last (or not a page)
         for code in codes:
             if str(code) not in responses:
                 responses[str(code)] = self._get_response_for_code(
