@@ -15,14 +15,12 @@ class UserCreateForm(UserCreationForm):
         return data
 
 
-class UserEditForm(forms.ModelForm):
+class NewPasswordForm(forms.Form):
+    """An optional new password on a form that edits a user (a ModelForm of User mixes this in first)."""
+
     new_password = forms.CharField(
         required=False, widget=forms.PasswordInput, help_text="Leave empty to keep the current password."
     )
-
-    class Meta:
-        model = User
-        fields = ["email", "first_name", "last_name", "role", "plan", "teacher", "is_active"]
 
     def clean_new_password(self):
         from django.contrib.auth.password_validation import validate_password
@@ -32,12 +30,6 @@ class UserEditForm(forms.ModelForm):
             validate_password(value, self.instance)
         return value
 
-    def clean(self):
-        data = super().clean()
-        check_teacher(self, data)
-        check_plan_quota(self, data)
-        return data
-
     def save(self, commit=True):
         user = super().save(commit=False)
         if self.cleaned_data.get("new_password"):
@@ -45,6 +37,18 @@ class UserEditForm(forms.ModelForm):
         if commit:
             user.save()
         return user
+
+
+class UserEditForm(NewPasswordForm, forms.ModelForm):
+    class Meta:
+        model = User
+        fields = ["email", "first_name", "last_name", "role", "plan", "teacher", "is_active"]
+
+    def clean(self):
+        data = super().clean()
+        check_teacher(self, data)
+        check_plan_quota(self, data)
+        return data
 
 
 def check_plan_quota(form, data):

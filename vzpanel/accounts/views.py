@@ -263,24 +263,28 @@ def user_create(request):
     return render(request, "accounts/user_form.html", {"form": form}, status=400 if form.errors else 200)
 
 
+def save_user(request, form, user) -> None:
+    """Save an edited user, audit it, and (a new plan) apply its limits to their VEs live, saying so."""
+    change = None
+    with transaction.atomic():
+        form.save()
+        detail = f"user {user.username}: {', '.join(form.changed_data) or 'nothing'}"
+        if "plan" in form.changed_data:
+            detail += f" (plan now {user.plan or 'none'})"
+        audit.record("user.update", request=request, detail=detail)
+        if "plan" in form.changed_data:  # the new plan's limits for their VEs, live
+            change = ve_services.apply_plans(request.user, [user], request=request)
+    if change is not None:
+        report_plan_change(request, change)
+
+
 @admin_required
 def user_edit(request, pk):
     user = get_object_or_404(User, pk=pk)
     form = UserEditForm(request.POST or None, instance=user)
     if request.method == "POST" and form.is_valid():
-        change = None
-        with transaction.atomic():
-            form.save()
-            changed = ", ".join(form.changed_data) or "nothing"
-            detail = f"user {user.username}: {changed}"
-            if "plan" in form.changed_data:
-                detail += f" (plan now {user.plan or 'none'})"
-            audit.record("user.update", request=request, detail=detail)
-            if "plan" in form.changed_data:  # the new plan's limits for their VEs, live
-                change = ve_services.apply_plans(request.user, [user], request=request)
+        save_user(request, form, user)
         messages.success(request, f"User {user.username} saved.")
-        if change is not None:
-            report_plan_change(request, change)
         return redirect("accounts:users")
     ves = VE.objects.live().filter(owner=user).order_by("ctid") if user.pk else []
     return render(

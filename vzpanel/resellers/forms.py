@@ -3,6 +3,7 @@
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
+from vzpanel.accounts.forms import NewPasswordForm
 from vzpanel.accounts.models import User
 from vzpanel.plans.views import PlanForm
 from vzpanel.ves.services import QuotaExceeded
@@ -67,10 +68,7 @@ class CustomerCreateForm(_CustomerFields, UserCreationForm):
         return user
 
 
-class CustomerEditForm(_CustomerFields, forms.ModelForm):
-    new_password = forms.CharField(required=False, widget=forms.PasswordInput,
-                                   help_text="Leave empty to keep the current password.")
-
+class CustomerEditForm(_CustomerFields, NewPasswordForm, forms.ModelForm):
     class Meta:
         model = User
         fields = ["email", "first_name", "last_name", "plan", "is_active"]
@@ -80,26 +78,10 @@ class CustomerEditForm(_CustomerFields, forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.setup(reseller)
 
-    def clean_new_password(self):
-        from django.contrib.auth.password_validation import validate_password
-
-        value = self.cleaned_data.get("new_password")
-        if value:
-            validate_password(value, self.instance)
-        return value
-
     def clean(self):
         data = super().clean()
         self.check_customer(data)
         return data
-
-    def save(self, commit=True):
-        user = super().save(commit=False)
-        if self.cleaned_data.get("new_password"):
-            user.set_password(self.cleaned_data["new_password"])
-        if commit:
-            user.save()
-        return user
 
 
 class ResellerPlanForm(PlanForm):

@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from vzpanel.accounts.models import User
+from vzpanel.accounts.views import save_user
 from vzpanel.audit import log as audit
 from vzpanel.audit.views import AuditSearchForm, search
 from vzpanel.core.decorators import admin_required, is_htmx
@@ -80,18 +81,8 @@ def customer_edit(request, pk):
     customer = services.get_customer_or_404(request.user, pk)
     form = CustomerEditForm(request.POST or None, instance=customer, reseller=request.user)
     if request.method == "POST" and form.is_valid():
-        change = None
-        with transaction.atomic():
-            form.save()
-            detail = f"user {customer.username}: {', '.join(form.changed_data) or 'nothing'}"
-            if "plan" in form.changed_data:
-                detail += f" (plan now {customer.plan or 'none'})"
-            audit.record("user.update", request=request, detail=detail)
-            if "plan" in form.changed_data:  # the new plan's limits for their VEs, live
-                change = ve_services.apply_plans(request.user, [customer], request=request)
+        save_user(request, form, customer)
         messages.success(request, f"Customer {customer.username} saved.")
-        if change is not None:
-            report_plan_change(request, change)
         return redirect("resellers:customers")
     ves = customer.ves.live().order_by("ctid")
     return render(request, "resellers/customer_form.html", {"form": form, "customer": customer, "ves": ves},
