@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import io
 import os
 import pwd
 import re
@@ -46,7 +47,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, NoReturn
 
 from .errors import CommandFailed, InvalidInput
 from .tarstream import (
@@ -134,7 +135,7 @@ class TarFilter(TarStream):
     ("nothing was restored").
     """
 
-    def __init__(self, sink: Callable[[bytes | memoryview], object], top: bytes, ids: tuple[int, int],
+    def __init__(self, sink: Callable[[bytes | bytearray | memoryview], object], top: bytes, ids: tuple[int, int],
                  label: str, done: str = "nothing was extracted", passthrough: re.Pattern | None = None):
         super().__init__()
         self.sink = sink
@@ -153,7 +154,7 @@ class TarFilter(TarStream):
         self._forward = True
         # The extended headers before the member they describe, as (type, header, data); a pax
         # header's data is its list of records, so that records can be left out when it is passed on.
-        self._pending: list[tuple[bytes, bytes, object]] = []
+        self._pending: list[tuple[bytes, bytes, list[tuple[str, bytes]] | bytes]] = []
         self._pax: dict[str, list[bytes]] | None = None
         self._longname: bytes | None = None
         self._longlink: bytes | None = None
@@ -225,10 +226,12 @@ class TarFilter(TarStream):
             self._refuse(name, f"is a {_KINDS[kind]} that carries {size} bytes of data")
         keep, strip, block = self._check(block, kind, name, pax, longname, longlink)
         if keep:
-            for meta_kind, meta_block, data in self._pending:
-                if meta_kind == b"x":
-                    data = _pax_bytes([(k, v) for k, v in data if k not in strip])
+            for _meta_kind, meta_block, meta in self._pending:
+                if isinstance(meta, list):  # a pax header's records (b"x", see _captured)
+                    data = _pax_bytes([(k, v) for k, v in meta if k not in strip])
                     meta_block = _with_size(meta_block, len(data))
+                else:
+                    data = meta
                 self._out.extend(meta_block)
                 self._out.extend(data)
                 self._out.extend(bytes(-len(data) % BLOCK))
@@ -285,9 +288,9 @@ class TarFilter(TarStream):
 
         Raise if the archive is unsafe.
         """
-        for key, values in pax.items():
-            if len(values) > 1 and key not in _REPEATABLE:
-                self._refuse(header_name, f"has {len(values)} pax {key} records")
+        for record, values in pax.items():
+            if len(values) > 1 and record not in _REPEATABLE:
+                self._refuse(header_name, f"has {len(values)} pax {record} records")
         # tar takes the name from the pax path or GNU.sparse.name record, or the GNU long name, over
         # the header's: every one that is there must be safe, so the precedence does not matter.
         overrides = [*pax.get("path", []), *pax.get("GNU.sparse.name", []), *([longname] if longname else [])]
@@ -295,12 +298,12 @@ class TarFilter(TarStream):
         name = names[0]
         if self.passthrough and kind in (b"0", b"\0") and all(self.passthrough.fullmatch(n) for n in names):
             return True, set(), block
-        for key in pax:
-            if key not in _PAX_KEYS and not key.startswith(_XATTR):
-                self._refuse(name, f"has pax record {key!r}, which backups and templates never hold")
+        for record in pax:
+            if record not in _PAX_KEYS and not record.startswith(_XATTR):
+                self._refuse(name, f"has pax record {record!r}, which backups and templates never hold")
         strip, stripped = self._check_xattrs(pax)
-        uids = self._decimal(name, pax, "uid") or [number(block[108:116])]
-        gids = self._decimal(name, pax, "gid") or [number(block[116:124])]
+        uids: list[int | None] = [*self._decimal(name, pax, "uid")] or [number(block[108:116])]
+        gids: list[int | None] = [*self._decimal(name, pax, "gid")] or [number(block[116:124])]
         if any(i is None or not self.lo <= i < self.hi for i in uids + gids):
             # A host id (root's, say): the VE saw such a file as its nobody, so it gets that owner
             # for real, and loses set-id bits it may only have under an owner of the VE's.
@@ -328,6 +331,7 @@ class TarFilter(TarStream):
                 if found is None or found == b"5":
                     self._refuse(name, f"is a hard link to {_show(t)}, which is no earlier file of the archive")
                 target_kind = found
+            assert target_kind is not None, "targets is never empty: the header's link name at least"
             if target_kind == b"-":  # a link to a device node that was left out
                 keep = False
             kind_seen = target_kind
@@ -431,9 +435,10 @@ class TarFilter(TarStream):
                 ident = int(qualifier)
             else:  # tar looks names up on this host when it sets the ACL: so do we
                 try:
-                    db = pwd.getpwnam if tag in (b"user", b"u") else grp.getgrnam
-                    entry_db = db(qualifier.decode("utf-8"))
-                    ident = entry_db.pw_uid if tag in (b"user", b"u") else entry_db.gr_gid
+                    if tag in (b"user", b"u"):
+                        ident = pwd.getpwnam(qualifier.decode("utf-8")).pw_uid
+                    else:
+                        ident = grp.getgrnam(qualifier.decode("utf-8")).gr_gid
                 except (KeyError, UnicodeDecodeError):
                     return False
             if not self.lo <= ident < self.hi:
@@ -471,8 +476,8 @@ class SafeExtract:
         self.members = members or []
         self.filter = TarFilter(self._write, top, ids, label, done, passthrough)
         self.label = label
-        self._tar: subprocess.Popen | None = None
-        self._err = None
+        self._tar: subprocess.Popen[bytes] | None = None
+        self._err: IO[bytes] | None = None
 
     def __enter__(self) -> SafeExtract:
         self._err = tempfile.TemporaryFile()
@@ -482,12 +487,19 @@ class SafeExtract:
         big_pipe(self._tar.stdin)
         return self
 
-    def _write(self, data) -> None:
+    def _running(self) -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
+        """tar, its stdin and its error output, which ``__enter__`` made."""
+        assert self._tar is not None and self._tar.stdin is not None and self._err is not None, \
+            "SafeExtract is used outside its with block"
+        return self._tar, self._tar.stdin, self._err
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        tar, stdin, err = self._running()
         try:
-            self._tar.stdin.write(data)
+            stdin.write(data)
         except BrokenPipeError:
-            self._tar.wait()
-            raise CommandFailed(f"tar failed while extracting {self.label}: {tail(self._err)}") from None
+            tar.wait()
+            raise CommandFailed(f"tar failed while extracting {self.label}: {tail(err)}") from None
 
     def feed(self, data: bytes | memoryview) -> None:
         self.filter.feed(data)
@@ -501,18 +513,19 @@ class SafeExtract:
         self.filter.feed(ZERO_BLOCK)
         self.filter.flush()
         self._write(ZERO_BLOCK * 2)
-        self._tar.stdin.close()
-        if self._tar.wait() != 0:
-            raise CommandFailed(f"tar failed while extracting {self.label}: {tail(self._err)}")
+        tar, stdin, err = self._running()
+        stdin.close()
+        if tar.wait() != 0:
+            raise CommandFailed(f"tar failed while extracting {self.label}: {tail(err)}")
 
-    def __exit__(self, *exc) -> None:
-        tar = self._tar
+    def __exit__(self, *exc: object) -> None:
+        tar, stdin, err = self._running()
         with contextlib.suppress(OSError):
-            tar.stdin.close()
+            stdin.close()
         if tar.poll() is None:
             tar.kill()
         tar.wait()
-        self._err.close()
+        err.close()
 
 
 def extract_zst(path: Path, dest: Path, top: bytes, ids: tuple[int, int], label: str,
@@ -523,9 +536,11 @@ def extract_zst(path: Path, dest: Path, top: bytes, ids: tuple[int, int], label:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise InvalidInput(f"{label}: {path} is not a regular file")
         zstd = subprocess.Popen(["zstd", "-q", "-dc"], stdin=f, stdout=subprocess.PIPE, stderr=zerr)
+        out = zstd.stdout
+        assert isinstance(out, io.BufferedReader), "stdout=PIPE with the default buffering"
         try:
-            big_pipe(zstd.stdout)
-            while chunk := zstd.stdout.read1(CHUNK):
+            big_pipe(out)
+            while chunk := out.read1(CHUNK):
                 ex.feed(chunk)
                 if ex.filter.ended:
                     break
@@ -534,7 +549,7 @@ def extract_zst(path: Path, dest: Path, top: bytes, ids: tuple[int, int], label:
                 raise InvalidInput(f"{label}: {path} is truncated or damaged ({tail(zerr)}); {done}")
         finally:
             with contextlib.suppress(OSError):
-                zstd.stdout.close()
+                out.close()
             if zstd.poll() is None:
                 zstd.kill()
             zstd.wait()

@@ -17,13 +17,11 @@ and a restore that finds a bad checksum throws its half-extracted copy away.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import tarfile
 import tempfile
@@ -33,8 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from . import archive, checkpoint, validate
-from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, Unsupported
+from . import archive, images, roots, validate
+from .backupdir import (
+    SUFFIX,
+    backup_dir,
+    open_file,
+    open_named,
+)
+from .errors import AlreadyExists, CommandFailed, InvalidInput, Unsupported
 from .layout import read_kv
 from .progress import Progress
 from .progress import quiet as _quiet
@@ -64,9 +68,6 @@ INFO = "vzbackup/info.json"
 CONF = "vzbackup/ve.conf"
 MANIFEST = "vzbackup/manifest.json"
 OURS = "vzbackup/"
-SUFFIX = ".tar.zst"
-# What _write names its archives: ve-<CTID>-<YYYYMMDD>-<HHMMSS>[-<n>].tar.zst.
-NAME_RE = re.compile(r"ve-[0-9]{1,10}-[0-9]{8}-[0-9]{6}(?:-[0-9]{1,6})?\.tar\.zst")
 _OURS_RE = re.compile(rb"vzbackup/(?:info\.json|ve\.conf|manifest\.json)")
 TAR_OPTIONS = ["--format=posix", "--pax-option=delete=atime,delete=ctime", "--numeric-owner", "--xattrs",
                "--xattrs-include=*", "--acls"]
@@ -203,10 +204,6 @@ class BackupResult:
         return self.path.stat().st_size
 
 
-def backup_dir(eng: Engine, directory: str | os.PathLike | None = None) -> Path:
-    return Path(directory).absolute() if directory else eng.layout.root / "backups"
-
-
 def _need(tool: str, package: str) -> None:
     if not which(tool):
         raise Unsupported(f"backups need {tool}: apt-get install {package}")
@@ -215,8 +212,6 @@ def _need(tool: str, package: str) -> None:
 def backup(eng: Engine, ctid, directory: str | os.PathLike | None = None,
            progress: Progress = _quiet) -> BackupResult:
     """Write a backup archive of a VE (running or not) into ``directory`` (default <root>/backups)."""
-    from . import snapshots
-
     _need("zstd", "zstd")
     conf = eng.config(ctid)
     ctid = conf.ctid
@@ -226,7 +221,7 @@ def backup(eng: Engine, ctid, directory: str | os.PathLike | None = None,
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with eng._lock(ctid, "backup"):
         running = eng.is_running(ctid)
-        state = "suspended" if checkpoint.is_suspended(eng, ctid) else "running" if running else "stopped"
+        state = "suspended" if images.is_suspended(eng, ctid) else "running" if running else "stopped"
         conf_bytes = conf.path.read_bytes()
         if not eng.storage.can_snapshot:
             if running:
@@ -235,12 +230,12 @@ def backup(eng: Engine, ctid, directory: str | os.PathLike | None = None,
             # Plain directories: copy under the lock, so the VE stays stopped meanwhile.
             return _write(eng, conf, conf_bytes, eng.layout.private(ctid), outdir, stamp, state, progress)
         progress(2, "taking a read-only snapshot to back up from")
-        src = snapshots.temp_snapshot(eng, ctid, "backup")
+        src = roots.temp_snapshot(eng, ctid, "backup")
     # The snapshot is a consistent copy: the VE may start, stop or change while it is being read.
     try:
         return _write(eng, conf, conf_bytes, src, outdir, stamp, state, progress)
     finally:
-        snapshots.drop_temp_snapshot(eng, src)
+        roots.drop_temp_snapshot(eng, src)
 
 
 def _write(eng: Engine, conf: VEConfig, conf_bytes: bytes, src: Path, outdir: Path, stamp: str,
@@ -252,7 +247,7 @@ def _write(eng: Engine, conf: VEConfig, conf_bytes: bytes, src: Path, outdir: Pa
         n += 1
         final = outdir / f"ve-{conf.ctid}-{stamp}-{n}{SUFFIX}"
     partial = final.with_name(f".{final.name}.partial")
-    estimate = eng.storage.usage(src) if hasattr(eng.storage, "usage") else None
+    estimate = eng.storage.usage(src)
     info = {"format": FORMAT, "version": VERSION, "ctid": conf.ctid, "hostname": conf.hostname,
             "ostemplate": conf.ostemplate, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "ve_state": state, "idmap_base": eng._base_uid(), "estimated_bytes": estimate}
@@ -336,108 +331,9 @@ def _reap(proc: subprocess.Popen) -> None:
 
 # --- reading -----------------------------------------------------------------------------------
 
-def _open_file(path: str | os.PathLike) -> BinaryIO:
-    """Open a backup the caller names by path (root's own choice on the command line)."""
-    path = Path(path).absolute()
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):  # checked before opening: opening a FIFO has effects
-            raise InvalidInput(f"{path} is not a file")
-        f = open(path, "rb")  # noqa: SIM115 - the caller closes it
-    except FileNotFoundError:
-        raise NotFound(f"backup file {path} does not exist") from None
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise InvalidInput(f"{path} is not a file")
-    return f
-
-
-def check_name(name: str) -> str:
-    """Return ``name`` if it is a backup file name as the engine makes them; refuse anything else."""
-    if not isinstance(name, str) or not name:
-        raise InvalidInput("give the file name of a backup (ve-<CTID>-<YYYYMMDD>-<HHMMSS>.tar.zst)")
-    shown = repr(name if len(name) <= 80 else name[:80] + "…")
-    if "\0" in name:
-        raise InvalidInput(f"backup name {shown} contains a NUL byte")
-    if name.startswith("/"):
-        raise InvalidInput(f"backup name {shown} is an absolute path: give only the file name of a backup "
-                           "in the backup directory")
-    if "/" in name or name in (".", ".."):
-        raise InvalidInput(f"backup name {shown} is a path ('/' or '..'): give only the file name of a backup "
-                           "in the backup directory")
-    if not NAME_RE.fullmatch(name):
-        raise InvalidInput(f"backup name {shown} is not the name of a backup "
-                           "(ve-<CTID>-<YYYYMMDD>-<HHMMSS>.tar.zst)")
-    return name
-
-
-def _open_dir(directory: Path) -> int:
-    """Open a backup directory that is no symbolic link and that only its owner, root, can write."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotFound(f"backup directory {directory} does not exist") from None
-    except OSError as exc:
-        raise InvalidInput(f"backup directory {directory} is a symbolic link or not a directory "
-                           f"({exc.strerror})") from None
-    st = os.fstat(dfd)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        os.close(dfd)
-        raise InvalidInput(f"backup directory {directory} may be written by others (owner uid {st.st_uid}, "
-                           f"mode {stat.S_IMODE(st.st_mode):o}): backups are read only from a directory "
-                           "that only root writes")
-    return dfd
-
-
-def _lstat_named(dfd: int, directory: Path, name: str) -> os.stat_result:
-    try:
-        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-    except FileNotFoundError:
-        raise NotFound(f"backup {name} does not exist in {directory}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise InvalidInput(f"backup {name} in {directory} is a symbolic link: refused")
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidInput(f"backup {name} in {directory} is not a regular file: refused")
-    return st
-
-
-def open_named(directory: str | os.PathLike, name: str) -> BinaryIO:
-    """Open backup ``name`` in ``directory`` without following links: a regular file, or refused."""
-    check_name(name)
-    directory = Path(directory).absolute()
-    dfd = _open_dir(directory)
-    try:
-        before = _lstat_named(dfd, directory, name)  # so that a device or FIFO is never opened
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
-                         dir_fd=dfd)
-        except OSError as exc:
-            raise InvalidInput(f"backup {name} in {directory} cannot be opened: {exc.strerror}") from None
-    finally:
-        os.close(dfd)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
-        os.close(fd)
-        raise InvalidInput(f"backup {name} in {directory} changed while it was opened: refused")
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    return os.fdopen(fd, "rb")
-
-
-def delete_named(eng: Engine, name: str, directory: str | os.PathLike | None = None) -> None:
-    """Delete backup ``name`` from the backup directory (a regular file of that name, nothing else)."""
-    check_name(name)
-    d = backup_dir(eng, directory)
-    dfd = _open_dir(d)
-    try:
-        _lstat_named(dfd, d, name)
-        # unlink never follows a link: had the name been swapped meanwhile, only the new name goes
-        os.unlink(name, dir_fd=dfd)
-    finally:
-        os.close(dfd)
-
-
 def read_info(path: str | os.PathLike) -> dict:
     """The info block at the start of a backup; refuses a file that is not one of ours at once."""
-    with _open_file(path) as f:
+    with open_file(path) as f:
         return _read_info(f, str(Path(path).absolute()))
 
 
@@ -478,7 +374,7 @@ def _check_info(path: str, scanner: TarScanner) -> dict:
 def scan(path: str | os.PathLike, sink: Callable[[bytes | memoryview], object] | None = None,
          progress: Progress = _quiet, what: str = "verified") -> tuple[dict, dict, bytes]:
     """Read a whole archive, passing its tar stream to ``sink``; check it; return (info, manifest, conf)."""
-    with _open_file(path) as f:
+    with open_file(path) as f:
         return _scan(f, str(Path(path).absolute()), sink, progress, what)
 
 
@@ -554,7 +450,7 @@ def _scan(f: BinaryIO, path: str, sink: Callable[[bytes | memoryview], object] |
 
 def verify(path: str | os.PathLike, progress: Progress = _quiet) -> dict:
     """Check a backup archive end to end; return its manifest."""
-    with _open_file(path) as f:
+    with open_file(path) as f:
         return _verify(f, str(path), progress)
 
 
@@ -585,7 +481,7 @@ def restore(eng: Engine, path: str | os.PathLike, ctid=None, force: bool = False
     The archive's members pass ``archive.TarFilter`` on their way to tar: one that could reach
     outside the VE refuses the whole archive and nothing is restored.
     """
-    with _open_file(path) as f:
+    with open_file(path) as f:
         return _restore(eng, f, str(Path(path).absolute()), ctid, force, progress)
 
 
@@ -598,8 +494,6 @@ def restore_named(eng: Engine, name: str, ctid=None, directory: str | os.PathLik
 
 
 def _restore(eng: Engine, f: BinaryIO, path: str, ctid, force: bool, progress: Progress) -> VEInfo:
-    from . import snapshots
-
     info = _read_info(f, path)
     target = validate.ctid(ctid if ctid is not None else info.get("ctid"))
     base = eng._base_uid()
@@ -634,13 +528,13 @@ def _restore(eng: Engine, f: BinaryIO, path: str, ctid, force: bool, progress: P
         if existing:
             old_conf = eng.config(target)
             if target != info["ctid"]:  # another VE's backup: this VE keeps its own addresses
-                conf.values.update({k: v for k, v in old_conf.values.items() if snapshots.is_unique_key(k)})
+                conf.values.update({k: v for k, v in old_conf.values.items() if roots.is_unique_key(k)})
             was_running = eng.is_running(target)
             if was_running:
                 progress(80, f"stopping VE {target} to replace it")
                 eng._stop(old_conf, None, False, lambda p, m: progress(80 + p // 20, m))
                 rb.add("start the old VE again", lambda: eng._start(old_conf, _quiet))
-            old = snapshots.swap_root(eng, target, new, rb)
+            old = roots.swap_root(eng, target, new, rb)
             old_text = old_conf.path.read_text()
             rb.add("put the old config back", lambda: (old_conf.path.write_text(old_text),
                                                        eng._write_lxc_config(old_conf)))
@@ -652,7 +546,7 @@ def _restore(eng: Engine, f: BinaryIO, path: str, ctid, force: bool, progress: P
                 eng._start(conf, lambda p, m: progress(90 + p // 20, m))
             rb.commit()
             eng.storage.delete(old)
-            if checkpoint.discard(eng, target):
+            if images.discard(eng, target):
                 progress(95, f"discarded VE {target}'s suspended state: it belonged to the replaced files")
         else:
             os.rename(new, private)
@@ -682,26 +576,13 @@ def _extract(eng: Engine, f: BinaryIO, path: str, stage: Path, progress: Progres
 
 
 def _restored_conf(eng: Engine, target: int, conf_bytes: bytes, info: dict) -> VEConfig:
-    from . import snapshots
-
     with tempfile.NamedTemporaryFile("wb", suffix=".conf") as tmp:
         tmp.write(conf_bytes)
         tmp.flush()
         values = read_kv(Path(tmp.name))
     if target != info.get("ctid"):
-        values = {k: v for k, v in values.items() if not snapshots.is_unique_key(k)}
+        values = {k: v for k, v in values.items() if not roots.is_unique_key(k)}
     conf = VEConfig(ctid=target, path=eng.layout.conf(target), values=values)
     if not conf.ostemplate:
         raise BadArchive("the backup's VE config names no OS template")
     return conf
-
-
-def list_backups(eng: Engine, directory: str | os.PathLike | None = None, ctid: int | None = None) -> list[dict]:
-    """Backups in a directory (by file name; ``verify`` checks one), newest first."""
-    d = backup_dir(eng, directory)
-    out = []
-    pattern = f"ve-{ctid}-*{SUFFIX}" if ctid else f"ve-*{SUFFIX}"
-    for p in d.glob(pattern) if d.is_dir() else []:
-        st = p.stat()
-        out.append({"path": str(p), "name": p.name, "size": st.st_size, "mtime": st.st_mtime})
-    return sorted(out, key=lambda b: -b["mtime"])

@@ -13,19 +13,27 @@ before anything is tried.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import cgroups, criu
 from .errors import CommandFailed, StateError, Unsupported, VZError
+from .images import (
+    MARKER,
+    discard,
+    image_dir,
+    is_resuming,  # noqa: F401 (callers ask checkpoint whether a VE is being resumed)
+    is_suspended,
+    suspend_info,
+)
+from .images import RESUMING as _resuming
+from .network import parking
 from .progress import Progress
 from .progress import quiet as _quiet
 from .run import run
@@ -34,49 +42,18 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .veconf import VEConfig
 
-MARKER = "vz-suspend.json"
 DUMP_ATTEMPTS = 3
-# VEs being resumed right now, (root, ctid): their features' after_start must keep the images.
-_resuming: set[tuple[str, int]] = set()
 # CRIU log lines that say "Error" but are harmless here (unprivileged VE limits, cgroupd teardown).
 _NOISE = ("RLIMIT_NOFILE", "cgroupd: recv req error")
 # More lxcfs mounts than a VE gets (ten or so) are the VE's own binds; past this many, refuse.
 MAX_EXTERNAL = 64
 # The parts of lxcfs a VE may have bound (its /proc files, its CPU view): restore binds them from the host.
 _LXCFS_TREES = ("/proc/", "/sys/devices/system/cpu")
-# What an address or route argument read from inside a VE may look like before it reaches `ip`.
-_IP_ARG = re.compile(r"[0-9A-Za-z.:/-]{1,64}")
-
-
 
 
 def _printable(text: str, width: int = 300) -> str:
     """Text from inside a VE (process names, CRIU's log of its files) made one printable line."""
     return "".join(c if c.isprintable() else "?" for c in text)[:width]
-
-
-def image_dir(eng: Engine, ctid: int) -> Path:
-    return eng.layout.root / "dump" / str(ctid)
-
-
-def is_suspended(eng: Engine, ctid: int) -> bool:
-    """True when the VE has a complete checkpoint on disk (and so must be resumed, not booted)."""
-    return (image_dir(eng, ctid) / MARKER).is_file()
-
-
-def suspend_info(eng: Engine, ctid: int) -> dict | None:
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads((image_dir(eng, ctid) / MARKER).read_text())
-    return None
-
-
-def discard(eng: Engine, ctid: int) -> bool:
-    """Remove the VE's checkpoint images; return whether it was suspended."""
-    d = image_dir(eng, ctid)
-    was = is_suspended(eng, ctid)
-    if d.exists():
-        shutil.rmtree(d, ignore_errors=True)
-    return was
 
 
 def checkpoint_problem(eng: Engine, conf: VEConfig) -> str | None:
@@ -122,165 +99,51 @@ def _outside_sessions(eng: Engine, ctid: int) -> list[str]:
     return found
 
 
-def _ns_ip(pid: int, args: list[str], check: bool = True):
-    return run(["nsenter", "-t", str(pid), "-n", "ip", *args], check=check, what=f"ip {' '.join(args[:2])} in the VE")
-
-
-@dataclass
-class _Parked:
-    name: str  # the link's name inside the VE
-    park: str  # its name on the host while the VE is being dumped
-    addrs: list[str] = field(default_factory=list)  # "address/prefix"
-    routes: list[list[str]] = field(default_factory=list)  # `ip route add` arguments
-
-
-@dataclass
-class _Detached:
-    """What ``_detach_links`` changed, so it can be undone (dump failed) or finished (dump done)."""
-
-    parked: list[_Parked] = field(default_factory=list)
-    stand_ins: list[str] = field(default_factory=list)  # addresses put on lo
-    lo_routes: list[str] = field(default_factory=list)  # "-4" / "-6": default routes put on lo
-
-
-def _b36(n: int) -> str:
-    digits = ""
-    while n:
-        n, r = divmod(n, 36)
-        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
-    return digits or "0"
-
-
-def _routes(pid: int, name: str) -> list[list[str]]:
-    out = []
-    for family in ("-4", "-6"):
-        for r in json.loads(_ns_ip(pid, [family, "-j", "route", "show", "dev", name]).stdout or "[]"):
-            if r.get("protocol") == "kernel" or r.get("type", "unicast") != "unicast":
-                continue  # made by the kernel with the address or the link
-            args = [family, r["dst"]]
-            if r.get("gateway"):
-                args += ["via", r["gateway"]]
-            if "onlink" in r.get("flags", []):
-                args.append("onlink")
-            if r.get("metric"):
-                args += ["metric", str(r["metric"])]
-            out.append(args)
-    return out
+# A VE's links during a dump (taken out, put back, readdressed): vzengine/network/parking.py.
+_Detached = parking.Detached
 
 
 def _detach_links(eng: Engine, ctid: int, st: _Detached) -> None:
-    """Take the VE's veth links out of it for the dump, keeping their addresses on lo.
-
-    CRIU cannot restore a veth whose peer lives on the host, and it cannot restore a TCP
-    socket whose address or route is gone. So each veth is parked in the host's namespace
-    (its addresses and routes noted, to put it back as it was if the dump fails) while its
-    addresses stay on lo and a default route points at lo. After a restore the network
-    feature makes the links anew (``after_start``) and the stand-ins are taken away; bridged
-    interfaces (NETIF), whose addresses the VE set itself, get them back from the marker.
-    """
+    """Take the VE's veth links out of it for the dump, keeping their addresses on lo."""
     pid = eng.lxc.init_pid(ctid)
-    if pid is None:
-        return
-    links = json.loads(_ns_ip(pid, ["-j", "-d", "link", "show"]).stdout or "[]")
-    veths = [ln["ifname"] for ln in links if ln.get("linkinfo", {}).get("info_kind") == "veth"]
-    if not veths:
-        return
-    addrs = {ln.get("ifname"): ln.get("addr_info", []) for ln in json.loads(
-        _ns_ip(pid, ["-j", "addr", "show"]).stdout or "[]")}
-    for i, name in enumerate(veths[:10]):
-        parked = _Parked(name=name, park=f"vz{eng.layout.tag}{'klmnopqrst'[i]}{_b36(ctid)}",
-                         routes=_routes(pid, name))
-        for a in addrs.get(name, []):
-            if a.get("scope") == "global" and a.get("family") in ("inet", "inet6"):
-                parked.addrs.append(f"{a['local']}/{a['prefixlen']}")
-                stand_in = f"{a['local']}/{32 if a['family'] == 'inet' else 128}"
-                _ns_ip(pid, ["addr", "add", stand_in, "dev", "lo"])
-                st.stand_ins.append(stand_in)
-        _ns_ip(pid, ["link", "set", "dev", name, "down"])
-        _ns_ip(pid, ["link", "set", "dev", name, "name", parked.park])
-        st.parked.append(parked)
-        _ns_ip(pid, ["link", "set", "dev", parked.park, "netns", str(os.getpid())])
-    for family in sorted({"-6" if ":" in a else "-4" for a in st.stand_ins}):
-        _ns_ip(pid, [family, "route", "add", "default", "dev", "lo"])
-        st.lo_routes.append(family)
+    if pid is not None:
+        parking.detach(pid, eng.layout.tag, ctid, st)
 
 
 def _reattach_links(eng: Engine, ctid: int, st: _Detached) -> None:
     """Undo ``_detach_links`` on a VE that keeps running (the dump failed)."""
     pid = eng.lxc.init_pid(ctid)
-    if pid is None:
-        return
-    for family in st.lo_routes:
-        _ns_ip(pid, [family, "route", "del", "default", "dev", "lo"], check=False)
-    for parked in reversed(st.parked):
-        if Path("/sys/class/net", parked.park).exists():  # on the host: bring it home
-            run(["ip", "link", "set", "dev", parked.park, "netns", str(pid)], what="move the VE's link back")
-        _ns_ip(pid, ["link", "set", "dev", parked.park, "name", parked.name], check=False)
-        _ns_ip(pid, ["link", "set", "dev", parked.name, "up"])
-        for addr in parked.addrs:
-            _ns_ip(pid, ["addr", "add", addr, "dev", parked.name, *(["nodad"] if ":" in addr else [])],
-                   check=False)
-        for route in parked.routes:
-            _ns_ip(pid, [route[0], "route", "add", *route[1:], "dev", parked.name], check=False)
-    _drop_stand_ins(eng, ctid, st.stand_ins, routes=False)
+    if pid is not None:
+        parking.reattach(pid, st)
 
 
 def _drop_parked(eng: Engine, ctid: int, st: _Detached) -> None:
     if st.parked:
-        # The VE's traffic counts live on its veth: keep them before it goes (network.py).
+        # The VE's traffic counts live on its veth: keep them before it goes (network/traffic.py).
         for feature in eng.features:
             if hasattr(feature, "save_traffic"):
                 feature.save_traffic(ctid)
-    for parked in st.parked:
-        run(["ip", "link", "del", parked.park], check=False)
+    parking.drop_parked(st)
 
 
 def _drop_stand_ins(eng: Engine, ctid: int, addrs: list[str], routes: bool = True,
                     addresses: bool = True) -> None:
-    """Remove the lo stand-ins: the routes before the network feature adds the real ones, the
-    addresses after (TCP sockets bound to them keep working once the real link has them)."""
+    """Remove the lo stand-ins (the routes before the network feature adds the real ones, the addresses after)."""
     pid = eng.lxc.init_pid(ctid)
-    if pid is None:
-        return
-    if routes:
-        for family in sorted({"-6" if ":" in a else "-4" for a in addrs}):
-            _ns_ip(pid, [family, "route", "del", "default", "dev", "lo"], check=False)
-    if addresses:
-        for addr in addrs:
-            _ns_ip(pid, ["addr", "del", addr, "dev", "lo"], check=False)
+    if pid is not None:
+        parking.drop_stand_ins(pid, addrs, routes=routes, addresses=addresses)
 
 
 def _bridged(conf: VEConfig, st: _Detached) -> list[dict]:
-    """The addresses and routes the VE had on its bridged interfaces (NETIF): the network feature
-    makes those interfaces anew on resume, with their MACs, but the VE configured them itself."""
-    names = {item.partition("ifname=")[2].partition(",")[0] for item in conf.get("NETIF").split(";")}
-    return [{"name": p.name, "addrs": p.addrs, "routes": p.routes} for p in st.parked if p.name in names - {""}]
+    """What the VE had on its bridged interfaces (NETIF), for the marker."""
+    return parking.bridged(conf.get("NETIF"), st)
 
 
 def _readdress(eng: Engine, ctid: int, links: list[dict]) -> None:
     """Give the VE's new bridged interfaces the addresses and routes it had before the suspend."""
     pid = eng.lxc.init_pid(ctid) if links else None
-    if pid is None:
-        return
-    for link in links:
-        # The marker was written by the engine, but what it holds was read from inside the VE.
-        name = link.get("name")
-        if not isinstance(name, str) or not _IP_ARG.fullmatch(name):
-            continue
-        for addr in link.get("addrs", []):
-            if isinstance(addr, str) and _is_interface(addr):
-                _ns_ip(pid, ["addr", "add", addr, "dev", name, *(["nodad"] if ":" in addr else [])], check=False)
-        for route in link.get("routes", []):
-            if route and all(isinstance(a, str) and _IP_ARG.fullmatch(a) for a in route):
-                _ns_ip(pid, [route[0], "route", "add", *route[1:], "dev", name], check=False)
-
-
-def _is_interface(addr: str) -> bool:
-    try:
-        ipaddress.ip_interface(addr)
-    except ValueError:
-        return False
-    return True
+    if pid is not None:
+        parking.readdress(pid, links)
 
 
 def _mountinfo(path: str) -> list[tuple[str, str, str, str]]:
@@ -570,7 +433,3 @@ def _restore(eng: Engine, ctid: int, d: Path, env: dict | None) -> tuple[int, st
         return rc, out_path.read_text(errors="replace")
     finally:
         out_path.unlink(missing_ok=True)
-
-
-def is_resuming(eng: Engine, ctid: int) -> bool:
-    return (str(eng.layout.root), ctid) in _resuming

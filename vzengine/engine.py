@@ -5,24 +5,22 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cgroups, idmap, idmount, rescue, rootfs, validate
+from . import cgroups, guest, idmap, idmount, lxcconf, rescue, validate, veroot
 from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, StateError, Unsupported, VZError
 from .features import Feature, load_features
 from .layout import Layout
 from .lock import ve_lock
 from .lxc import LXC
+from .operations import Operations
 from .progress import Progress
 from .progress import quiet as _quiet
 from .rollback import Rollback
-from .run import run
 from .storage import Storage, open_storage
 from .templates import TemplateSpec, TemplateStore
 from .veconf import VEConfig
@@ -48,11 +46,13 @@ class VEInfo:
         return asdict(self)
 
 
-class Engine:
+class Engine(Operations):
     """All VE operations of one engine root (``$VZ_ROOT``, default /var/lib/vz).
 
     Mutating operations take the VE's lock; ``lock_wait`` is how long they wait for it
-    before raising Busy (the CLI fails at once, the node agent waits).
+    before raising Busy (the CLI fails at once, the node agent waits). The lifecycle is here; snapshots,
+    clones, backups, reinstalls and checkpoints live in their own modules, reached through the
+    methods of ``Operations`` (operations.py).
     """
 
     def __init__(self, root: str | os.PathLike | None = None, lock_wait: float = 0.0):
@@ -113,88 +113,23 @@ class Engine:
     def _base_uid(self) -> int:
         return self.layout.idmap[0]
 
-    # --- the VE's own host id range (idmap.py) and its id-mapped root (idmount.py) ---------
-    @staticmethod
-    def host_range(conf: VEConfig) -> int | None:
-        """First host uid of the VE's own id range (its root on the host), None until it has one."""
-        value = conf.get("IDMAP")
-        return int(value) if value.isdigit() and len(value) <= 10 else None
+    # --- the VE's own host id range and its id-mapped root (veroot.py) ---------------------
+    host_range = staticmethod(veroot.host_range)
 
     def host_root_uid(self, conf: VEConfig) -> int:
         """The host uid the VE's root runs as (IDMAP_BASE for a VE not started since the upgrade)."""
-        host = self.host_range(conf)
+        host = veroot.host_range(conf)
         return self._base_uid() if host is None else host
 
     def _claim_range(self, conf: VEConfig) -> int:
-        """Make sure the VE holds a host-wide unique id range and its config names it; return its base."""
-        base, size = self.layout.idmap
-        if idmap.overlaps_region(base, size) or size > idmap.RANGE_SIZE:
-            raise StateError(f"IDMAP_BASE={base} IDMAP_SIZE={size} in vz.conf: VE files must be stored outside "
-                             f"the VEs' own id ranges ({idmap.RANGE_FIRST} on) and span at most {idmap.RANGE_SIZE}")
-        held = idmap.claim(self.layout.root, conf.ctid, self.host_range(conf))
-        if held != self.host_range(conf):
-            conf.set("IDMAP", held)
-            if conf.path.exists():
-                conf.save()
-        return held
+        return veroot.claim_range(self, conf)
 
     def prepare_root(self, conf: VEConfig, resume: bool = False) -> Path | None:
-        """Mount the VE's root id-mapped to its own range (replacing an earlier mount) before LXC starts or
-        restores it: files stored as IDMAP_BASE+k show as H+k there. Return the mount point.
-
-        ``resume``: CRIU restores the id map a VE was dumped with, so a resumed VE keeps the range its
-        config names (refused if another VE holds it now), and one suspended before it had a range of
-        its own resumes as it ran, on its plain root as IDMAP_BASE (None); its next start gives it one.
-        """
-        ctid = conf.ctid
-        if resume:
-            host = self.host_range(conf)
-            if host is None:
-                self._drop_root_mount(ctid)
-                return None
-            if not idmap.claim_exact(self.layout.root, ctid, host):
-                raise StateError(f"VE {ctid} was suspended running as host ids {host}.., which another VE holds "
-                                 f"now: it cannot be resumed; vzctl start boots it afresh in a range of its own")
-        else:
-            host = self._claim_range(conf)
-        base, size = self.layout.idmap
-        target = self.layout.ve_mount(ctid)
-        self._drop_root_mount(ctid)
-        self.layout.mntdir.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(self.layout.mntdir, 0o711)
-        # Only host root and the VE's own root (as whom LXC mounts the rootfs: gid H) get through,
-        # and the VE's root cannot put anything there: root's directory, group H, mode 0710.
-        target.parent.mkdir(mode=0o700)
-        os.chown(target.parent, 0, host)
-        os.chmod(target.parent, 0o710)
-        target.mkdir(mode=0o755)
-        try:
-            if rescue.is_active(self, ctid):  # the rescue system's root, with the VE's own for its /mnt
-                rescue.mount_roots(self, ctid, target, host)
-            else:
-                idmount.mount_idmapped(self.layout.private(ctid), target, outer=base, inner=host, size=size)
-        except BaseException:
-            with contextlib.suppress(VZError):
-                self._drop_root_mount(ctid)
-            raise
-        return target
+        """Mount the VE's root id-mapped to its own range before LXC starts or restores it (veroot.py)."""
+        return veroot.prepare_root(self, conf, resume)
 
     def _drop_root_mount(self, ctid: int) -> None:
-        """Unmount the VE's id-mapped root and remove its directory (never anything below a mount)."""
-        top = self.layout.ve_mount(ctid).parent
-        for point in idmount.mount_points(top):
-            idmount.unmount(point)
-        if idmount.mount_points(top):
-            raise StateError(f"{top} is still mounted: unmount it by hand (umount -l) and try again")
-        # Removed, not left empty: LXC must fail on a missing mount, never boot an empty directory.
-        for d in (self.layout.ve_mount(ctid), rescue.disk_mount(self.layout, ctid), top):
-            try:
-                d.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                raise StateError(f"cannot remove {d}, the VE's root mount point ({e.strerror}): "
-                                 "move what is in it away and try again") from None
+        veroot.drop_root_mount(self, ctid)
 
     # --- state ----------------------------------------------------------------------------
     def is_running(self, ctid: int) -> bool:
@@ -275,12 +210,13 @@ class Engine:
                 self.storage.clone(tpl_root, private)
                 rb.add("remove VE root", lambda: self.storage.delete(private))
                 progress(80, "giving the VE its own identity")
-                self._set_identity(private, hostname)
-                self._write_hostname(private, hostname)
+                uid = self._base_uid()
+                guest.set_identity(private, hostname, uid)
+                guest.write_hostname(private, hostname, uid)
                 if nameservers:
-                    self._write_resolv(private, nameservers)
+                    guest.write_resolv(private, nameservers, "", uid)
                 for user, password in userpasswd or []:
-                    self._set_password_offline(private, user, password)
+                    guest.set_password(private, user, password, uid)
                 conf = draft
                 conf.set("OSTEMPLATE", ostemplate)
                 conf.set("HOSTNAME", hostname)
@@ -325,119 +261,16 @@ class Engine:
         with self._lock(conf.ctid, "identity"):
             if self.is_running(conf.ctid):
                 raise StateError(f"VE {conf.ctid} is running: stop it to give it a new identity")
-            self._set_identity(self.layout.private(conf.ctid), hostname or conf.hostname or f"ve{conf.ctid}")
+            guest.set_identity(self.layout.private(conf.ctid), hostname or conf.hostname or f"ve{conf.ctid}",
+                               self._base_uid())
 
-    def _set_identity(self, private: Path, hostname: str) -> None:
-        """Give a new VE a machine-id and SSH host keys of its own."""
-        base = self._base_uid()
-        rootfs.write_file(private, "etc/machine-id", secrets.token_hex(16) + "\n", mode=0o444,
-                          uid=base, gid=base)
-        if rootfs.file_owner(private, "var/lib/dbus") is not None:
-            rootfs.remove_file(private, "var/lib/dbus/machine-id")
-        if rootfs.file_owner(private, "etc/ssh") is None:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            # No RSA key: it costs ~0.5 s of CPU per VE and every current client speaks ed25519.
-            for kind in ("ed25519", "ecdsa"):
-                key = Path(tmp, f"ssh_host_{kind}_key")
-                run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{hostname}", "-f", str(key)],
-                    what="generate SSH host keys")
-                rootfs.write_file(private, f"etc/ssh/{key.name}", key.read_bytes(), mode=0o600,
-                                  uid=base, gid=base)
-                rootfs.write_file(private, f"etc/ssh/{key.name}.pub", Path(f"{key}.pub").read_bytes(),
-                                  mode=0o644, uid=base, gid=base)
-
-    def _write_hostname(self, private: Path, hostname: str) -> None:
-        base = self._base_uid()
-        # Read first: a refused read (a FIFO, a link out of the VE) must leave /etc/hostname as it was.
-        hosts = (rootfs.read_file(private, "etc/hosts") or b"").decode(errors="replace").splitlines()
-        rootfs.write_file(private, "etc/hostname", hostname + "\n", uid=base, gid=base)
-        short = hostname.split(".")[0]
-        entry = f"127.0.1.1\t{hostname}" + (f" {short}" if short != hostname else "")
-        hosts = [ln for ln in hosts if not ln.startswith("127.0.1.1")]
-        hosts.insert(1 if hosts else 0, entry)
-        rootfs.write_file(private, "etc/hosts", "\n".join(hosts) + "\n", uid=base, gid=base)
-
-    def _write_resolv(self, private: Path, nameservers: list[str], search: str = "") -> None:
-        base = self._base_uid()
-        text = "# written by vzpanel (vzctl set --nameserver)\n"
-        if search:
-            text += f"search {search}\n"
-        text += "".join(f"nameserver {n}\n" for n in nameservers)
-        rootfs.write_file(private, "etc/resolv.conf", text, uid=base, gid=base)
-
-    def _set_password_offline(self, private: Path, user: str, password: str) -> None:
-        """Set ``user``'s password in the VE's /etc/shadow from the host (no symlink followed)."""
-        validate.username(user)
-        shadow = rootfs.read_file(private, "etc/shadow")
-        if shadow is None:
-            raise NotFound("the VE has no /etc/shadow")
-        hashed = run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n",
-                     what="hash the password").stdout.strip()
-        lines = shadow.decode(errors="replace").splitlines()
-        for i, line in enumerate(lines):
-            fields = line.split(":")
-            if fields[0] == user and len(fields) >= 2:
-                fields[1] = hashed
-                if len(fields) > 2:
-                    fields[2] = str(int(time.time() // 86400))
-                lines[i] = ":".join(fields)
-                break
-        else:
-            raise NotFound(f"user {user} does not exist in the VE; start the VE to have it created")
-        owner = rootfs.file_owner(private, "etc/shadow")
-        uid, gid, mode = owner if owner else (self._base_uid(), self._base_uid(), 0o640)
-        rootfs.write_file(private, "etc/shadow", "\n".join(lines) + "\n", mode=mode, uid=uid, gid=gid)
-
-    # --- LXC config -----------------------------------------------------------------------
+    # --- LXC config (lxcconf.py) ------------------------------------------------------------
     def _write_lxc_config(self, conf: VEConfig) -> None:
         self.lxc.write_config(conf.ctid, self.lxc_config(conf))
 
     def lxc_config(self, conf: VEConfig) -> list[str]:
         """The LXC config of a VE, derived from its vzpanel config at every start."""
-        spec = self._spec(conf)
-        base, size = self.layout.idmap
-        ctid = conf.ctid
-        host = self.host_range(conf)  # None: a VE from before per-VE ranges, running as it was started
-        root = self.layout.private(ctid) if host is None else self.layout.ve_mount(ctid)
-        host = base if host is None else host
-        lines = [
-            f"# generated by vzengine from {self.layout.conf(ctid)}: edit that file (vzctl set), not this one",
-            "lxc.include = /usr/share/lxc/config/common.conf",
-            "lxc.include = /usr/share/lxc/config/userns.conf",
-            "lxc.arch = linux64",
-            f"lxc.uts.name = {conf.hostname or f've{ctid}'}",
-            f"lxc.rootfs.path = dir:{root}",
-            f"lxc.idmap = u 0 {host} {size}",
-            f"lxc.idmap = g 0 {host} {size}",
-            f"lxc.cgroup.dir.container = {self.layout.cgroup_dir(ctid)}",
-            f"lxc.cgroup.dir.monitor = {self.layout.cgroup_parent()}/{ctid}.monitor",
-            f"lxc.signal.halt = {spec.halt_signal}",
-            "lxc.net.0.type = empty",
-            # No ttys: shells are served through lxc-attach by the node agent.
-            "lxc.tty.max = 0",
-        ]
-        if spec.checkpointable:
-            # No host-side console either: CRIU cannot dump a VE whose /dev/console is a host pty.
-            lines.append("lxc.console.path = none")
-        else:
-            # systemd cannot be checkpointed anyway: give it a console whose output (the boot and
-            # shutdown messages) LXC writes to a log the web console shows while the VE boots, capped
-            # at 128 KiB. No getty on it: nobody logs in there, and a terminal in the VE would count
-            # as someone's session. Each start begins a new log (_start keeps the last run's as .1).
-            lines += [
-                f"lxc.console.logfile = {self.layout.console_log(ctid)}",
-                "lxc.console.size = 128KB",
-                "lxc.environment = SYSTEMD_GETTY_AUTO=0",
-            ]
-        lines += [
-            f"lxc.log.file = {self.layout.logdir / f'{ctid}.lxc.log'}",
-            "lxc.log.level = WARN",
-        ]
-        for feature in self.features:
-            lines += feature.lxc_config(conf)
-        lines += self.storage.lxc_lines()  # seccomp profile: no subvolumes or reflinks past the disk quota
-        return lines
+        return lxcconf.lxc_config(self, conf)
 
     # --- start / stop ---------------------------------------------------------------------
     def start(self, ctid, wait_boot: bool = False, progress: Progress = _quiet,
@@ -640,14 +473,14 @@ class Engine:
                     v is not None for v in (hostname, nameservers, onboot))):
                 raise InvalidInput(f"VE {ctid} is not running, so only --save can change it")
             if hostname is not None:
-                self._write_hostname(private, hostname)
+                guest.write_hostname(private, hostname, self._base_uid())
                 if running:
                     self.lxc.attach(ctid, ["hostname", hostname], check=True)
                 conf.set("HOSTNAME", hostname)
             if nameservers is not None or searchdomain is not None:
                 ns = nameservers if nameservers is not None else conf.get_list("NAMESERVER")
                 sd = searchdomain if searchdomain is not None else conf.get("SEARCHDOMAIN")
-                self._write_resolv(private, ns, sd)
+                guest.write_resolv(private, ns, sd, self._base_uid())
                 conf.set_list("NAMESERVER", ns)
                 conf.set("SEARCHDOMAIN", sd)
             if onboot is not None:
@@ -666,12 +499,12 @@ class Engine:
     def _set_password(self, ctid: int, running: bool, user: str, password: str) -> None:
         private = self.layout.private(ctid)
         try:
-            self._set_password_offline(private, user, password)
+            guest.set_password(private, user, password, self._base_uid())
         except NotFound:
             if not running:
                 raise
             # A new user: let the VE's own tools create it, as OpenVZ's vzctl does.
-            made = self.lxc.attach(ctid, ["/bin/sh", "-c", ADD_USER_SCRIPT, "adduser", user])
+            made = self.lxc.attach(ctid, ["/bin/sh", "-c", guest.ADD_USER_SCRIPT, "adduser", user])
             if made.returncode == 127:
                 raise Unsupported(f"VE {ctid} has neither useradd nor adduser to create user {user}") from None
             if made.returncode != 0:
@@ -744,82 +577,11 @@ class Engine:
         if self.layout.storage != "btrfs":
             shutil.rmtree(self.layout.root, ignore_errors=True)
 
-    # --- snapshots, backups, checkpoints (vzengine/snapshots.py) ---
-    def snapshot(self, ctid, name: str | None = None, description: str = "", progress: Progress = _quiet):
-        from . import snapshots
-        return snapshots.snapshot(self, ctid, name, description, progress=progress)
-
-    def snapshot_list(self, ctid, sizes: bool = True):
-        from . import snapshots
-        return snapshots.snapshot_list(self, ctid, sizes=sizes)
-
-    def snapshot_switch(self, ctid, name: str, progress: Progress = _quiet) -> VEInfo:
-        from . import snapshots
-        return snapshots.snapshot_switch(self, ctid, name, progress=progress)
-
-    def snapshot_delete(self, ctid, name: str, progress: Progress = _quiet) -> None:
-        from . import snapshots
-        snapshots.snapshot_delete(self, ctid, name, progress=progress)
-
-    def clone(self, src, dst, linked: bool = False, hostname: str | None = None, snapshot: str | None = None,
-              progress: Progress = _quiet, **params) -> VEInfo:
-        from . import snapshots
-        return snapshots.clone(self, src, dst, linked=linked, hostname=hostname, snapshot=snapshot,
-                               progress=progress, **params)
-
-    def backup(self, ctid, directory=None, progress: Progress = _quiet):
-        from . import backup
-        return backup.backup(self, ctid, directory, progress=progress)
-
-    def backup_verify(self, path, progress: Progress = _quiet) -> dict:
-        from . import backup
-        return backup.verify(path, progress=progress)
-
-    def restore(self, path, ctid=None, force: bool = False, progress: Progress = _quiet) -> VEInfo:
-        from . import backup
-        return backup.restore(self, path, ctid, force=force, progress=progress)
-
-    def restore_named(self, name, ctid=None, directory=None, force: bool = False,
-                      progress: Progress = _quiet) -> VEInfo:
-        """Restore backup file ``name`` (no path) from the backup directory, never following a link."""
-        from . import backup
-        return backup.restore_named(self, name, ctid, directory, force=force, progress=progress)
-
-    def backup_verify_named(self, name, directory=None, progress: Progress = _quiet) -> dict:
-        from . import backup
-        return backup.verify_named(self, name, directory, progress=progress)
-
-    def backup_delete_named(self, name, directory=None) -> None:
-        from . import backup
-        backup.delete_named(self, name, directory)
-
+    # --- the storage pool -----------------------------------------------------------------
     def pool_info(self) -> dict:
         """The storage pool's size, use and whether its disk quotas hold (vzctl pool info)."""
         self.ensure_ready()
         return self.storage.pool_info()
-
-    def reinstall(self, ctid, ostemplate: str | None = None, keep=(), snapshot: bool = True,
-                  progress: Progress = _quiet) -> VEInfo:
-        from . import snapshots
-        return snapshots.reinstall(self, ctid, ostemplate, keep=keep, snapshot=snapshot, progress=progress)
-
-    def suspend(self, ctid, progress: Progress = _quiet) -> dict:
-        from . import checkpoint
-        return checkpoint.suspend(self, ctid, progress=progress)
-
-    def resume(self, ctid, progress: Progress = _quiet) -> dict:
-        from . import checkpoint
-        return checkpoint.resume(self, ctid, progress=progress)
-
-    def is_suspended(self, ctid) -> bool:
-        from . import checkpoint
-        return checkpoint.is_suspended(self, validate.ctid(ctid))
-
-ADD_USER_SCRIPT = """
-if command -v useradd >/dev/null; then exec useradd -m -s /bin/bash "$1"
-elif command -v adduser >/dev/null; then exec adduser -D "$1"
-else exit 127; fi
-"""
 
 
 def validate_nameserver(value: str) -> str:

@@ -27,10 +27,12 @@ if TYPE_CHECKING:
     from .rollback import Rollback
     from .veconf import VEConfig
 
-# name -> "module:Class"
+# name -> "module:Class", in the order the engine calls them. The one list of features: a feature's
+# command line, if it has one, is the module vzengine.cli.<name> (found by vzctl and vzlist).
 FEATURES: dict[str, str] = {
     "network": "vzengine.network:NetworkFeature",
     "resources": "vzengine.resources:ResourcesFeature",
+    "checkpoint": "vzengine.images:CheckpointFeature",
     "snapshots": "vzengine.snapshots:SnapshotsFeature",
     "vefirewall": "vzengine.vefirewall:VEFirewallFeature",
     "rescue": "vzengine.rescue:RescueFeature",

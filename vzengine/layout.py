@@ -27,7 +27,7 @@ DEFAULTS = {
     "IDMAP_SIZE": "65536",
     "DEFAULT_TEMPLATE": "debian-12",
     "STOP_TIMEOUT": "60",
-    # Limits of every VE whose own config does not set them (resources.py; "unlimited" or "": none).
+    # Limits of every VE whose own config does not set them (limits.py; "unlimited" or "": none).
     "DEFAULT_RAM": "512M",
     "DEFAULT_SWAP": "256M",  # on top of the RAM
     "DEFAULT_NUMPROC": "512",  # processes and threads

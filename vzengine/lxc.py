@@ -40,7 +40,12 @@ class LXC:
     def stop(self, ctid: int, timeout: int, kill: bool = False) -> None:
         cmd = ["lxc-stop", *self._args(ctid)]
         cmd += ["-k"] if kill else ["-t", str(timeout)]
-        run(cmd, what=f"stop VE {ctid}", timeout=timeout + 30)
+        try:
+            run(cmd, what=f"stop VE {ctid}", timeout=timeout + 30)
+        except CommandFailed:
+            # The VE ended by itself between our look and the stop (lxc-stop: "is not running"): done.
+            if self.state(ctid) != "STOPPED":
+                raise
 
     def halt(self, ctid: int) -> None:
         """Send the VE's init its halt signal (lxc.signal.halt) and return without waiting."""

@@ -38,6 +38,7 @@ CLONE_NEWNET = 0x40000000
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RTN_LOCAL = 2
+RTPROT_KERNEL = 2  # made by the kernel along with an address or a link
 RTPROT_STATIC = 4
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
@@ -61,6 +62,16 @@ class Link:
     kind: str  # veth, dummy, bridge, ... ("" for physical or unknown)
     peer_index: int | None  # IFLA_LINK: for a veth, its peer's index (in the peer's namespace)
     up: bool
+
+
+@dataclass(frozen=True)
+class StaticRoute:
+    """A route of the main table that was added (not made by the kernel): enough to add it again."""
+
+    dst: Network
+    gateway: Address | None
+    onlink: bool
+    metric: int | None
 
 
 @dataclass(frozen=True)
@@ -249,6 +260,27 @@ class Netlink:
     def set_up(self, dev: Dev) -> None:
         _wrap(self._ipr.link, "set", index=self.index(dev), state="up")
 
+    def set_down(self, dev: Dev) -> None:
+        _wrap(self._ipr.link, "set", index=self.index(dev), state="down")
+
+    def links(self) -> list[Link]:
+        """Every interface of the namespace (a dump: not for a hot path)."""
+        return [self._link(msg) for msg in _wrap(self._ipr.get_links)]
+
+    def rename(self, dev: Dev, name: str) -> None:
+        """Give an interface (down) another name."""
+        index = self.index(dev)
+        if isinstance(dev, str):
+            self._index.pop(dev, None)
+        _wrap(self._ipr.link, "set", index=index, ifname=name)
+
+    def move_to_netns(self, dev: Dev, netns_fd: int) -> None:
+        """Move an interface into the network namespace ``netns_fd`` refers to; it keeps its name."""
+        index = self.index(dev)
+        if isinstance(dev, str):
+            self._index.pop(dev, None)
+        _wrap(self._ipr.link, "set", index=index, net_ns_fd=netns_fd)
+
     # --- addresses ------------------------------------------------------------------------
     def add_address(self, dev: Dev, iface: Interface, exist_ok: bool = True) -> bool:
         """Add an address (without duplicate address detection: it is usable at once)."""
@@ -260,6 +292,15 @@ class Netlink:
                 return False
             raise
         return True
+
+    def global_addresses(self, dev: Dev) -> list[Interface]:
+        """The addresses of global scope on one interface, with their prefix lengths."""
+        out = []
+        for msg in _wrap(self._ipr.get_addr, index=self.index(dev)):
+            local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if msg["scope"] == RT_SCOPE_UNIVERSE and msg["family"] in (socket.AF_INET, socket.AF_INET6) and local:
+                out.append(ipaddress.ip_interface(f"{local}/{msg['prefixlen']}"))
+        return out
 
     def del_address(self, dev: Dev, iface: Interface) -> bool:
         try:
@@ -302,9 +343,11 @@ class Netlink:
         return out
 
     def add_route(self, dst: Network, dev: Dev, gateway: Address | None = None, onlink: bool = False,
-                  exist_ok: bool = True) -> bool:
+                  exist_ok: bool = True, metric: int | None = None) -> bool:
         kwargs: dict = {"dst": str(dst), "oif": self.index(dev), "family": _family(dst),
                         "proto": RTPROT_STATIC}
+        if metric is not None:
+            kwargs["priority"] = metric
         if gateway is not None:
             kwargs["gateway"] = str(gateway)
         else:
@@ -334,6 +377,20 @@ class Netlink:
 
     def has_default_route(self, family: int, dev: Dev) -> bool:
         return any(dst.prefixlen == 0 for dst, _gw in self.routes(family, dev))
+
+    def static_routes(self, family: int, dev: Dev) -> list[StaticRoute]:
+        """The unicast routes of the main table through one interface, but those the kernel made."""
+        oif = self.index(dev)
+        out = []
+        for msg in _wrap(self._ipr.get_routes, family=family, table=RT_TABLE_MAIN):
+            if msg["type"] != RTN_UNICAST or msg["proto"] == RTPROT_KERNEL or msg.get_attr("RTA_OIF") != oif:
+                continue
+            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+            gw = msg.get_attr("RTA_GATEWAY")
+            out.append(StaticRoute(dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False),
+                                   gateway=ipaddress.ip_address(gw) if gw else None,
+                                   onlink=bool(msg["flags"] & RTNH_F_ONLINK), metric=msg.get_attr("RTA_PRIORITY")))
+        return out
 
     # --- proxy neighbours (proxy ARP / NDP for one address) -------------------------------
     def proxy_neighbours(self) -> list[tuple[Address, int]]:

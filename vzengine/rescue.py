@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import accounting, idmount, rootfs, sshkeys, validate
+from . import guest, idmount, rootfs, sshkeys, validate
 from .errors import InvalidInput, NotFound, StateError, VZError
 from .features import Feature
 from .progress import Progress
 from .progress import quiet as _quiet
 from .rollback import Rollback
-from .run import run
 
 if TYPE_CHECKING:
     from .engine import Engine, VEInfo
@@ -284,8 +283,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def _limit_disk(eng: Engine, root: Path) -> None:
     """Give the rescue root a disk quota of its own: its writes are outside the VE's subvolume and quota."""
     limit = _diskspace(eng.layout)
-    if limit and eng.storage.can_quota and accounting.qgroups_dir(eng.layout.pool) is not None:
-        run(["btrfs", "qgroup", "limit", str(limit), str(root)], what="limit the rescue root's disk space")
+    if limit and eng.storage.can_quota and eng.storage.quota_on():
+        eng.storage.set_quota(root, limit)
 
 
 def _personalise(eng: Engine, conf: VEConfig, root: Path, progress: Progress) -> None:
@@ -297,10 +296,10 @@ def _personalise(eng: Engine, conf: VEConfig, root: Path, progress: Progress) ->
     hostname = conf.hostname or f"ve{conf.ctid}"
     base = eng._base_uid()
     private = eng.layout.private(conf.ctid)
-    eng._set_identity(root, hostname)
-    eng._write_hostname(root, hostname)
+    guest.set_identity(root, hostname, base)
+    guest.write_hostname(root, hostname, base)
     if conf.get_list("NAMESERVER"):
-        eng._write_resolv(root, conf.get_list("NAMESERVER"), conf.get("SEARCHDOMAIN"))
+        guest.write_resolv(root, conf.get_list("NAMESERVER"), conf.get("SEARCHDOMAIN"), base)
     else:
         copied = _read_ve(private, "etc/resolv.conf", 64 << 10, progress)
         if copied is not None:
@@ -342,31 +341,3 @@ def _set_root_hash(root: Path, hashed: str, base: int) -> None:
     owner = rootfs.file_owner(root, "etc/shadow")
     uid, gid, mode = owner if owner else (base, base, 0o640)
     rootfs.write_file(root, "etc/shadow", "\n".join(lines) + "\n", mode=mode, uid=uid, gid=gid)
-
-
-# --- command line (vzctl rescue) -------------------------------------------------------------------------
-
-def register_commands(sub) -> None:
-    s = sub.add_parser("rescue", help="boot a VE into a rescue system with its own root at /mnt (or --leave it)")
-    s.add_argument("ctid")
-    s.add_argument("--template", help="rescue template (default: RESCUE_TEMPLATE in vz.conf, or debian-12-sysv)")
-    s.add_argument("--leave", action="store_true", help="stop the rescue system and remove its temporary root")
-    s.add_argument("--start", action="store_true", help="with --leave: boot the VE's own system")
-    s.add_argument("--wait", action="store_true", help="return once the system has finished booting")
-
-
-def run_command(eng, args, progress) -> int | None:
-    if args.command != "rescue":
-        return None
-    if args.leave:
-        if args.template:
-            raise InvalidInput("--template is for entering rescue, not for --leave")
-        leave(eng, args.ctid, start=args.start, wait_boot=args.wait, progress=progress)
-        print(f"VE {validate.ctid(args.ctid)} left rescue mode" + (" and started" if args.start else ""))
-        return 0
-    if args.start:
-        raise InvalidInput("--start goes with --leave")
-    info = enter(eng, args.ctid, template=args.template, wait_boot=args.wait, progress=progress)
-    print(f"VE {info.ctid} is in rescue mode ({info.extra['rescue']['template']}): its own root is at /mnt; "
-          f"vzctl rescue {info.ctid} --leave ends it")
-    return 0

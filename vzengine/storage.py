@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,6 +78,42 @@ class Storage:
     def lxc_lines(self) -> list[str]:
         """LXC config lines every VE on this storage gets: the seccomp profile that keeps it inside its quota."""
         return seccomp.lxc_lines(self.layout)
+
+    # --- disk space and quota: callers ask here and never run a backend's tools themselves ----
+    def quota_on(self) -> bool:
+        """Whether volumes can be given a disk quota now (the backend has one and it is enabled)."""
+        return False
+
+    def quota(self, path: Path) -> tuple[int | None, int | None]:
+        """(bytes used, quota limit or None) of a volume; (None, None) when unknown."""
+        return None, None
+
+    def set_quota(self, path: Path, limit: int | None) -> None:
+        """Limit a volume to ``limit`` bytes (None: no limit)."""
+        raise Unsupported(f"the {self.kind} backend has no disk quota")
+
+    def sync(self, path: Path | None = None) -> None:
+        """Commit pending writes so that the usage numbers are current."""
+
+    def usage(self, path: Path) -> int | None:
+        """Bytes the volume's files take (its referenced bytes), or None when unknown."""
+        return None
+
+    def space(self, path: Path) -> tuple[int, int] | None:
+        """(referenced, exclusive) bytes of a volume: what its files take and what only it holds."""
+        return None
+
+    def full_copy(self, src: Path, dst: Path) -> None:
+        """Copy a read-only volume into ``dst`` sharing no blocks with it."""
+        run(["cp", "-a", "--reflink=never", str(src), str(dst)], what=f"copy {src}")
+
+    def block_devices(self) -> list[str]:
+        """major:minor of the block devices the pool lives on (I/O throttling targets)."""
+        st = os.stat(self.layout.pool)
+        if os.major(st.st_dev) == 0:  # tmpfs, overlay, NFS...: no block device to throttle
+            return []
+        d = _whole_disk(Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"))
+        return [d] if d else []
 
     def pool_info(self) -> dict:
         """What the pool is, its size and free space, and whether disk quotas hold on it."""
@@ -363,16 +401,91 @@ class BtrfsStorage(Storage):
         )
         return info
 
+    # --- disk space and quota (qgroups) ------------------------------------------------------
+    def quota_on(self) -> bool:
+        return accounting.qgroups_dir(self.layout.pool) is not None
+
+    def quota(self, path: Path) -> tuple[int | None, int | None]:
+        return accounting.disk_usage(accounting.qgroups_dir(self.layout.pool), path)
+
+    def set_quota(self, path: Path, limit: int | None) -> None:
+        if not self.quota_on():
+            raise Unsupported(f"quota is not enabled on the pool {self.layout.pool}: "
+                              f"run 'btrfs quota enable {self.layout.pool}' first")
+        run(["btrfs", "qgroup", "limit", str(limit) if limit else "none", str(path)],
+            what=f"set the disk quota of {path}")
+
+    def sync(self, path: Path | None = None) -> None:
+        run(["btrfs", "filesystem", "sync", str(path or self.layout.pool)], what="sync the pool")
+
     def usage(self, path: Path) -> int | None:
         """Bytes referenced by the subvolume (from its qgroup), or None when unknown."""
+        space = self.space(path)
+        return space[0] if space else None
+
+    def space(self, path: Path) -> tuple[int, int] | None:
         try:
             out = run(["btrfs", "qgroup", "show", "-f", "--raw", str(path)], what="read qgroup").stdout
         except CommandFailed:
             return None
         for line in out.splitlines():
             parts = line.split()
-            if parts and parts[0].startswith("0/"):
-                return int(parts[1])
+            if len(parts) >= 3 and parts[0].startswith("0/") and parts[1].isdigit():
+                return int(parts[1]), int(parts[2])
+        return None
+
+    def full_copy(self, src: Path, dst: Path) -> None:
+        """btrfs send | btrfs receive: a copy with blocks of its own, made writable."""
+        stage = dst.with_name(dst.name + ".recv")
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(mode=0o700)
+        received = stage / src.name
+        try:
+            pipe(["btrfs", "send", "-q", str(src)], ["btrfs", "receive", "-q", str(stage)],
+                 what="full copy with btrfs send/receive")
+            # A received subvolume is read-only and marked as received; -f makes it a plain writable one.
+            run(["btrfs", "property", "set", "-f", "-ts", str(received), "ro", "false"],
+                what="make the copy writable")
+            os.rename(received, dst)
+        except BaseException:
+            if received.exists():
+                with contextlib.suppress(CommandFailed):
+                    run(["btrfs", "property", "set", "-f", "-ts", str(received), "ro", "false"])
+                self.delete(received)
+            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def block_devices(self) -> list[str]:
+        fsid = accounting.btrfs_fsid(self.layout.pool)
+        devdir = Path("/sys/fs/btrfs") / str(fsid) / "devices"
+        if fsid is None or not devdir.is_dir():
+            return []
+        return sorted({d for p in devdir.iterdir() if (d := _whole_disk(p))})
+
+
+def pipe(cmd1: list[str], cmd2: list[str], what: str) -> None:
+    """Run ``cmd1 | cmd2``; raise CommandFailed naming ``what`` with the failing side's errors."""
+    with tempfile.TemporaryFile() as e1, tempfile.TemporaryFile() as e2:
+        p1 = subprocess.Popen(cmd1, stdout=subprocess.PIPE, stderr=e1)
+        p2 = subprocess.Popen(cmd2, stdin=p1.stdout, stderr=e2)
+        p1.stdout.close()
+        rc2, rc1 = p2.wait(), p1.wait()
+        for rc, f, cmd in ((rc1, e1, cmd1), (rc2, e2, cmd2)):
+            if rc != 0:
+                f.seek(0)
+                err = " ".join(f.read().decode(errors="replace").split())[-300:]
+                raise CommandFailed(f"{what}: {cmd[0]} {cmd[1]} failed: {err or f'exit status {rc}'}")
+
+
+def _whole_disk(sysdir: Path) -> str | None:
+    """major:minor of the block device at ``sysdir``, or of its disk if it is a partition."""
+    try:
+        sysdir = sysdir.resolve()
+        if (sysdir / "partition").exists():
+            sysdir = sysdir.parent
+        return (sysdir / "dev").read_text().strip()
+    except OSError:
         return None
 
 

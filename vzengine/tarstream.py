@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+from typing import IO
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -67,13 +68,15 @@ def pax_records(data: bytes) -> list[tuple[str, bytes]] | None:
     return out
 
 
-def big_pipe(f) -> None:
-    """Grow a pipe to 1 MiB: fewer, larger reads and writes between the tools and us."""
-    with contextlib.suppress(OSError, AttributeError):
+def big_pipe(f: IO[bytes] | None) -> None:
+    """Grow a pipe to 1 MiB: fewer, larger reads and writes between the tools and us (None: no pipe)."""
+    if f is None:
+        return
+    with contextlib.suppress(OSError):
         fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
 
 
-def tail(f) -> str:
+def tail(f: IO[bytes]) -> str:
     """The last lines of a tool's error output (a temporary file), for a message."""
     f.seek(0)
     lines = f.read().decode(errors="replace").strip().splitlines()

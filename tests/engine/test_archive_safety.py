@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.conftest import root_tree
-from vzengine import InvalidInput, NotFound, archive, backup
+from vzengine import InvalidInput, NotFound, archive, backup, backupdir
 
 pytestmark = pytest.mark.root
 
@@ -232,17 +232,17 @@ def named(vz_root, tmp_path_factory):
 
 def test_a_backup_named_in_its_directory_verifies_restores_and_deletes(named, new_ctid):
     eng, ctid, d, name = named
-    assert backup.NAME_RE.fullmatch(name)
+    assert backupdir.NAME_RE.fullmatch(name)
     assert backup.verify_named(eng, name, d)["ctid"] == ctid
     target = new_ctid()
     info = backup.restore_named(eng, name, target, d)
     assert info.ctid == target and eng.exists(target)
     copy = d / name.replace(".tar.zst", "-9.tar.zst")
     copy.write_bytes((d / name).read_bytes())
-    backup.delete_named(eng, copy.name, d)
+    backupdir.delete_named(eng, copy.name, d)
     assert not copy.exists() and (d / name).exists()
     with pytest.raises(NotFound, match="does not exist in"):
-        backup.delete_named(eng, copy.name, d)
+        backupdir.delete_named(eng, copy.name, d)
 
 
 BAD_NAMES = {
@@ -261,7 +261,7 @@ BAD_NAMES = {
 def test_a_name_that_is_no_backup_name_is_refused(named, bad):
     eng, _, d, _ = named
     for call in (lambda: backup.verify_named(eng, bad, d), lambda: backup.restore_named(eng, bad, 4243, d),
-                 lambda: backup.delete_named(eng, bad, d)):
+                 lambda: backupdir.delete_named(eng, bad, d)):
         with pytest.raises(InvalidInput, match=BAD_NAMES[bad]):
             call()
     assert Path("/etc/passwd").exists()
@@ -281,7 +281,7 @@ def test_a_symlink_or_fifo_in_the_backup_directory_is_refused(named, new_ctid, t
             with pytest.raises(InvalidInput, match=what):
                 backup.restore_named(eng, n, new_ctid(), d)
             with pytest.raises(InvalidInput, match=what):
-                backup.delete_named(eng, n, d)
+                backupdir.delete_named(eng, n, d)
         assert secret.exists() and os.path.lexists(link) and fifo.exists()
     finally:
         link.unlink()

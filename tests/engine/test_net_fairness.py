@@ -149,7 +149,7 @@ def test_bad_limits_are_refused_and_change_nothing(cli, vz_root, eng, trio, args
 # --- --conntrack ---------------------------------------------------------------------------------
 
 SERVER = r"""
-import socket, sys, time
+import os, socket, sys, time
 t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(("0.0.0.0", 7000)); t.listen(512)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 7001)); u.settimeout(0.05)
 t.settimeout(0.05)
@@ -163,7 +163,8 @@ while time.monotonic() < end:
         pass
     try:
         _, p = u.recvfrom(100); peers.add(p)
-        open("/tmp/vzct-udp-peers.%s" % sys.argv[1], "w").write(str(len(peers)))
+        name = "/tmp/vzct-udp-peers.%s" % sys.argv[1]
+        open(name + ".new", "w").write(str(len(peers))); os.replace(name + ".new", name)  # never read half-written
     except OSError:
         pass
 """
@@ -183,7 +184,7 @@ sys.stdin.readline()  # hold the connections until told
 """
 
 UDP_CLIENT = r"""
-import socket, sys, time
+import os, socket, sys, time
 socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(int(sys.argv[2]))]
 for _ in range(3):
     for s in socks:

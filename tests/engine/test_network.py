@@ -740,7 +740,8 @@ def test_traffic_totals_cover_every_run_until_destroy(eng, net, new_ctid, cli):
     assert wait_for(lambda: eng.lxc.init_pid(ctid) not in (None, pid), timeout=30), "the VE did not come back"
     assert wait_for(lambda: host_pings(net.ip(71)), timeout=15)
     rebooted = traffic(eng, ctid)
-    assert second <= rebooted and rebooted[0] - second[0] < 1000
+    # (the pings that waited for it to come back: a dozen small ones; a count kept twice would be a burst, >10 kB)
+    assert second <= rebooted and rebooted[0] - second[0] < 5000
     burst(net.ip(71))
     assert grew(rebooted, traffic(eng, ctid))
     eng.stop(ctid, fast=True)
@@ -764,7 +765,7 @@ def test_traffic_totals_survive_a_suspend_and_a_resumed_ve_stopping_by_itself(en
     assert before <= suspended and suspended[0] - before[0] < 1000
     eng.resume(ctid)
     handle = eng.layout.rundir / "netns" / str(ctid)
-    assert handle.exists()  # the engine holds a resumed VE's network namespace (see network.py)
+    assert handle.exists()  # the engine holds a resumed VE's network namespace (see vzengine/network/netns.py)
     burst(net.ip(72))
     resumed = traffic(eng, ctid)
     assert grew(suspended, resumed)

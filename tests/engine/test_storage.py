@@ -19,6 +19,7 @@ def test_a_ve_root_is_a_btrfs_snapshot_of_its_template(engine, new_ctid, vz_root
     engine.create(ctid, "tiny")
     private = vz_root / f"pool/private/{ctid}"
     assert os.lstat(private).st_ino == 256  # a subvolume root
+
     def uuids(path) -> dict:
         out = subprocess.run(["btrfs", "subvolume", "show", str(path)], capture_output=True, text=True,
                              check=True).stdout

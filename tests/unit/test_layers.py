@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-AGENT_DOORS = {"vzpanel/agent/ops.py", "vzpanel/agent/server.py", "vzpanel/agent/console.py"}
+AGENT_DOORS = {"vzpanel/agent/ops.py", "vzpanel/agent/server.py", "vzpanel/agent/console.py",
+               "vzpanel/agent/console_session.py"}  # the console daemon's sessions (split from console.py)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -62,3 +63,106 @@ def test_a_node_name_the_panel_accepts_is_one_the_agent_accepts():
     rule = re.compile(re.search(r'RegexValidator\(r"([^"]+)"', source).group(1))
     for name in ("local", "node-2", "a", "x" * 63, "n_1", "n.1", "Node", "-n", "templates", "x" * 64, ""):
         assert bool(rule.match(name)) == (bool(NODE_RE.match(name)) and name != "templates"), name
+
+
+def _import_graph(top: Path, package: str = "vzengine") -> dict[str, set[str]]:
+    """A package's modules -> what they import, read from the source under ``top``: imports inside
+    functions count (a lazy import is still a dependency), those under ``if TYPE_CHECKING:`` do not."""
+    pkg = top / package
+
+    def name_of(path: Path) -> str:
+        parts = list(path.relative_to(top).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for p in pkg.rglob("*.py")}
+
+    def type_checking(node: ast.If) -> bool:
+        t = node.test
+        return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+            isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+    def imports(name: str, path: Path) -> set[str]:
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+
+        def visit(node: ast.AST) -> None:
+            if isinstance(node, ast.If) and type_checking(node):
+                for child in node.orelse:
+                    visit(child)
+                return
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                for alias in node.names:  # ``from . import x``: the submodule x, not its package
+                    sub = f"{module}.{alias.name}"
+                    found.add(sub if sub in modules else module)
+            for child in ast.iter_child_nodes(node):
+                visit(child)
+
+        visit(ast.parse(path.read_text(), str(path)))
+        found.discard(name)
+        return found
+
+    return {name: imports(name, path) for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v] & graph.keys():
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return out
+
+
+def test_the_engines_modules_import_each_other_in_no_circle_and_never_the_command_line():
+    """Layers: tool wrappers <- VE core <- features and operations <- cli. A module that imports one that
+    imports it back (even lazily, inside a function) is a cycle; the library never knows its command line."""
+    graph = _import_graph(REPO)
+    assert "vzengine.engine" in graph and graph["vzengine.cli.vzctl"]  # the graph was read at all
+    assert _cycles(graph) == []
+    library = {m: deps for m, deps in graph.items() if not m.startswith("vzengine.cli")}
+    knows_cli = {m for m, deps in library.items()
+                 if any(d == "argparse" or d == "vzengine.cli" or d.startswith("vzengine.cli.") for d in deps)}
+    assert knows_cli == set()
+
+
+def test_the_import_graph_sees_a_lazy_cycle_and_ignores_type_checking(tmp_path):
+    """The check above can fail: a cycle through an import inside a function is found; one that only
+    type annotations need (under TYPE_CHECKING) is not a cycle."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import X\n")
+    assert _cycles(_import_graph(tmp_path, "pkg")) == []
+    (pkg / "b.py").write_text("def f():\n    from .a import X\n    return X\n")
+    assert _cycles(_import_graph(tmp_path, "pkg")) == [["pkg.a", "pkg.b"]]

@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import subprocess
 import sys
 
 from .. import templates, validate
 from ..errors import InvalidInput, NotFound
-from .common import Parser, add_global_options, main_wrapper, make_engine, progress_printer
+from .common import (
+    Parser,
+    add_feature_options,
+    add_global_options,
+    cli_modules,
+    feature_params,
+    main_wrapper,
+    make_engine,
+    progress_printer,
+)
 
 PROG = "vzctl"
 
-# Modules that extend vzctl. Each may define:
-#   add_set_options(parser)           options of 'create' and 'set' (they become Engine keyword args)
-#   set_params(args) -> dict          the values of those options that were given
-#   register_commands(subparsers)     commands of its own
-#   run_command(eng, args, progress)  run one of its commands; return None when it is not its own
-CLI_MODULES = ("vzengine.network", "vzengine.resources", "vzengine.snapshots", "vzengine.vefirewall",
-               "vzengine.rescue")
-
-
-def cli_modules():
-    return [importlib.import_module(m) for m in CLI_MODULES]
+# The features' command line modules (vzengine.cli.<feature>, see common.py) add options and commands.
 
 
 def _userpasswd(value: str) -> tuple[str, str]:
@@ -43,9 +41,7 @@ def build_parser() -> Parser:
     c.add_argument("--userpasswd", action="append", default=[], metavar="USER:PASSWORD")
     c.add_argument("--nameserver", action="append", default=[], metavar="ADDRESS")
     c.add_argument("--onboot", choices=["yes", "no"], default="no")
-    for mod in cli_modules():
-        if hasattr(mod, "add_set_options"):
-            mod.add_set_options(c)
+    add_feature_options(c)
 
     s = sub.add_parser("start", help="start a VE (or, with --onboot, every VE marked to start at boot)")
     s.add_argument("ctid", nargs="?")
@@ -87,9 +83,7 @@ def build_parser() -> Parser:
     s.add_argument("--searchdomain")
     s.add_argument("--onboot", choices=["yes", "no"])
     s.add_argument("--save", action="store_true", help="store the change in the VE's config")
-    for mod in cli_modules():
-        if hasattr(mod, "add_set_options"):
-            mod.add_set_options(s)
+    add_feature_options(s)
 
     t = sub.add_parser("template", help="list, build or remove OS templates")
     tsub = t.add_subparsers(dest="template_command", required=True, metavar="ACTION")
@@ -114,14 +108,6 @@ def build_parser() -> Parser:
         if hasattr(mod, "register_commands"):
             mod.register_commands(sub)
     return p
-
-
-def feature_params(args) -> dict:
-    params: dict = {}
-    for mod in cli_modules():
-        if hasattr(mod, "set_params"):
-            params.update({k: v for k, v in mod.set_params(args).items() if v is not None})
-    return params
 
 
 def main(argv: list[str] | None = None) -> int:

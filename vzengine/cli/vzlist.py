@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 
 from ..errors import InvalidInput
-from .common import Parser, add_global_options, main_wrapper, make_engine
+from .common import Parser, add_global_options, cli_modules, main_wrapper, make_engine
 
 PROG = "vzlist"
 
@@ -24,8 +23,8 @@ FIELDS = {
 }
 DEFAULT_FIELDS = "ctid,nproc,status,ip,hostname"
 # Feature modules may add columns: a dict VZLIST_FIELDS of the same shape (getters see VEInfo.extra).
-for _module in ("vzengine.network", "vzengine.resources", "vzengine.snapshots", "vzengine.vefirewall"):
-    FIELDS.update(getattr(importlib.import_module(_module), "VZLIST_FIELDS", {}))
+for _module in cli_modules():
+    FIELDS.update(getattr(_module, "VZLIST_FIELDS", {}))
 
 
 def build_parser() -> Parser:
