@@ -296,17 +296,29 @@ def test_suspend_and_resume_keep_working(engine, cli, new_ctid):
 
 
 @pytest.mark.parametrize("template", ["tiny", "debian-12-sysv", "debian-12"])
-def test_create_stays_fast(engine, new_ctid, template):
-    engine.templates.ensure(template)
-    times = []
-    for _ in range(3):
-        ctid = new_ctid()
-        t0 = time.monotonic()
-        engine.create(ctid, template)
-        times.append(time.monotonic() - t0)
+def test_create_rewrites_no_file_of_the_template(engine, new_ctid, template):
+    """Each VE's own id range comes from an id-mapped mount, not from re-owning its files: a create that
+    chowned the tree would cost time with every file (bench/ measures create), and would touch every inode."""
+    tree = engine.templates.ensure(template)
+    ctid = new_ctid()
+    engine.create(ctid, template)
+    try:
+        root = engine.layout.private(ctid)
+        checked = 0
+        for top in ("bin", "usr/bin", "usr/lib", "lib"):
+            base = tree / top
+            if base.is_symlink() or not base.is_dir():
+                continue
+            for path in base.rglob("*"):
+                if path.is_symlink() or not path.is_file():
+                    continue
+                mine, theirs = (root / path.relative_to(tree)).lstat(), path.lstat()
+                assert (mine.st_uid, mine.st_gid, mine.st_ctime_ns) == (theirs.st_uid, theirs.st_gid,
+                                                                        theirs.st_ctime_ns), path
+                checked += 1
+        assert checked > 0
+    finally:
         engine.destroy(ctid)
-    print(f"create {template}: best {min(times) * 1000:.0f} ms of {[round(t * 1000) for t in times]}")
-    assert min(times) < 0.1
 
 
 @pytest.mark.slow
