@@ -605,8 +605,13 @@ def test_a_console_closes_when_its_user_loses_access_to_the_ve(console_ve, owner
             await t.disconnect()
 
     run(go())
-    revoked = AuditEntry.objects.get(action="console.revoked")
-    assert revoked.user == owner and revoked.result == "denied" and revoked.ctid == console_ve.ctid
+    revoked = AuditEntry.objects.filter(action="console.revoked")
+    # Destroyed: the admin watching may not see the VE either, and its own check can come before the end of the
+    # session it watches; then its console is revoked (and audited) too. Otherwise the admin keeps access.
+    assert set(revoked.values_list("user__username", flat=True)) in (
+        ({owner.username}, {owner.username, admin.username}) if how == "destroyed" else ({owner.username},))
+    mine = revoked.get(user=owner)
+    assert mine.result == "denied" and mine.ctid == console_ve.ctid
 
 
 # --- who may open it --------------------------------------------------------------------------------

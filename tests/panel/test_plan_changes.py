@@ -164,7 +164,16 @@ def test_apply_plan_is_for_admins_and_outsiders_learn_nothing(api_for, client_fo
     assert client_for(owner).post("/ves/101/apply-plan/").status_code == 404
     response = client_for(owner).post("/ves/101/set_limits/", follow=True)  # not one of the owner's actions
     assert "Unknown action" in " ".join(page_messages(response))
-    assert api_for(owner).get("/api/ves/101/apply-plan/").status_code == 405  # POST only, for everyone
+    # A GET applies nothing, not even an admin's (a link or a prefetch must never change limits): the admin's
+    # GET is what would queue a task if the action took GETs, and the task count below says it did not.
+    # An outsider's GET tells no more than a POST: the same answer for a VE that is there and one that is not.
+    for who in (admin, owner):
+        response = api_for(who).get("/api/ves/101/apply-plan/")
+        assert response.status_code == 405 and "GET" not in response["Allow"] and "POST" in response["Allow"]
+        assert client_for(who).get("/ves/101/apply-plan/").status_code == 405
+    there = api_for(outsider).get("/api/ves/101/apply-plan/")
+    missing = api_for(outsider).get("/api/ves/999999/apply-plan/")
+    assert (there.status_code, there.content) == (missing.status_code, missing.content)
     assert not Task.objects.exists() and not AuditEntry.objects.filter(action="ve.set_limits").exists()
 
     response = api_for(admin).post("/api/ves/101/apply-plan/")
@@ -257,3 +266,21 @@ def test_set_limits_refuses_bad_limits_and_suspended_ves_in_words(admin, owner, 
                                                      "running or stopped"):
         services.apply_plan(admin, owner_ve)
     assert not Task.objects.exists()
+
+
+def test_a_course_plan_governs_its_students_ves_and_their_own_plan_does_not(admin, teacher, student, student_ve,
+                                                                              node, plan):
+    """A student's VE in a course that has a plan follows the course's plan: an edit of the student's own plan
+    leaves it alone (and queues their VE outside the course); an edit of the course's plan queues it."""
+    from vzpanel.classroom.models import Course, Membership
+    from vzpanel.ves import services
+
+    lab = Plan.objects.create(name="lab", ram_mb=512, swap_mb=0, cpus=1, disk_gb=4, nproc=256, max_ves=1)
+    course = Course.objects.create(name="Networks", teacher=teacher, node=node, ostemplate="tiny", plan=lab)
+    Membership.objects.create(course=course, user=student, ve=student_ve)
+    own = make_ve(student, node, 202, status="stopped")
+
+    change = services.apply_plans(admin, [student], plan=plan)
+    assert [(t.ve_id, t.params["limits"]) for t in change.tasks] == [(own.pk, plan.limits())]
+    change = services.apply_plans(admin, [], plan=lab)
+    assert [(t.ve_id, t.params["limits"]) for t in change.tasks] == [(student_ve.pk, lab.limits())]

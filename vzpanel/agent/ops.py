@@ -202,10 +202,26 @@ def _list(c: Context, usage=False):
     for vi in c.engine.list():
         d = info(vi)
         if usage and vi.status == "running":
-            with contextlib.suppress(Exception):
-                d["usage"] = c.engine.usage(vi.ctid)
+            d["usage"] = listed_usage(vi)
+            if d["usage"] is None:  # an engine without the resources feature: ask (Engine.usage)
+                with contextlib.suppress(Exception):
+                    d["usage"] = c.engine.usage(vi.ctid)
         out.append(d)
     return out
+
+
+# Engine.usage's keys of the network feature, which VEInfo.extra also carries (vzengine/RESOURCES.md).
+NET_TOTALS = ("net_in_bytes", "net_in_packets", "net_out_bytes", "net_out_packets")
+
+
+def listed_usage(vi) -> dict | None:
+    """What Engine.usage would say of a listed VE, from what Engine.list already read into its extra (its
+    resources' usage and its net_* totals), so a reconcile reads each VE's cgroups once, not twice."""
+    extra = vi.extra or {}
+    usage = (extra.get("resources") or {}).get("usage")
+    if usage is None:
+        return None
+    return {**usage, **{key: extra[key] for key in NET_TOTALS if key in extra}}
 
 
 @op("create", ctid=CTID, ostemplate=P(text(64), required=True), **VE_PARAMS)
@@ -415,6 +431,21 @@ def _templates(c: Context):
             for t in c.engine.templates.list()]
 
 
+@op("template_build", name=P(text(64), required=True))
+def _template_build(c: Context, name):
+    """Build one of the engine's own templates (its template store's recipes) into this node's cache and pool,
+    for the panel's template push; a template that is already there is left as it is."""
+    from vzengine.templates import SPECS
+
+    name = validate.template_name(name)
+    if name not in SPECS:
+        raise NotFound(f"template {name} has no recipe in the engine's template store; known: "
+                       f"{', '.join(sorted(SPECS))}")
+    c.engine.ensure_ready()
+    c.engine.templates.ensure(name, progress=c.progress)
+    return {"name": name, "built": True}
+
+
 # The panel saves and removes only course images: never a template other VEs are built from by everyone
 # (replacing debian-12 with a VE's files would reach every customer's next VE).
 IMAGE_NAME = r"course[0-9]{1,10}-v[0-9]{1,6}"
@@ -438,10 +469,13 @@ def _template_remove(c: Context, name):
 
 @op("pool_info")
 def _pool_info(c: Context):
-    """The storage pool's size, use and whether its disk quotas hold ({"set_up": false} before the first VE)."""
+    """The storage pool's size, use and whether its disk quotas hold ({"set_up": false} before the first VE),
+    with the node's CPUs and memory: the capacity the panel places VEs against (vzpanel.nodes.health)."""
+    machine = {"cpus": os.cpu_count() or 1,
+               "ram_mb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)}
     if not c.engine.layout.root.is_dir():
-        return {"set_up": False}  # asking must not create the engine root
-    return {"set_up": True, **c.engine.pool_info()}
+        return {"set_up": False, **machine}  # asking must not create the engine root
+    return {"set_up": True, **c.engine.pool_info(), **machine}
 
 
 @op("ssh_keys_set", ctid=CTID, keys=P(text_list(32, 16384), required=True),

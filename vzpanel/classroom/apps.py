@@ -12,11 +12,12 @@ class ClassroomConfig(AppConfig):
         from vzpanel.tasks import actions
         from vzpanel.ves import services as ve_services
 
-        from . import jobs, services
+        from . import jobs, plans, services
         from .models import Membership
         from .services import refuse_start_after_end
 
         ve_services.register_guard(refuse_start_after_end)
+        ve_services.register_plan_governor(plans)  # a course's plan sets its students' VEs' limits
         # A class VE the idle policy or lab schedule put to sleep wakes when its console opens.
         console_hooks.register_opening(services.wake_for_console)
         actions.register_parent_closer(jobs.close_course_parent)

@@ -181,11 +181,6 @@ def close_parent(parent_id: int) -> None:
 
 # --- what each child does -------------------------------------------------------------------------
 
-def membership_of(task: Task) -> Membership | None:
-    pk = task.params.get("membership")
-    return Membership.objects.filter(pk=pk).first() if pk else None
-
-
 def set_awake(task: Task, **extra) -> None:
     Membership.objects.filter(pk=task.params.get("membership")).update(
         asleep="", asleep_how="", activity_at=timezone.now(), **extra)

@@ -2,32 +2,26 @@
 
 Each checks what it is asked, writes its rows in one transaction and queues the work for the node
 agent once that transaction commits. Work on many VEs is one parent Task with a child Task per VE;
-`vzpanel.classroom.jobs.run_bulk` runs the children in the node agent.
+`vzpanel.classroom.jobs.run_bulk` runs the children in the node agent. Beside this module: actions,
+bulk, image, signin and ending (imported here too, so `classroom.services.X` keeps working).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import logging
 import re
-import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import redis
 from django.contrib.auth import get_user_model
-from django.contrib.auth.hashers import make_password
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from vzpanel.audit import log as audit
-from vzpanel.audit.models import AuditEntry
-from vzpanel.nodes.models import Node, Template
+from vzpanel.nodes.models import Node
 from vzpanel.tasks.models import Task
-from vzpanel.tasks.queue import JOB_TIMEOUT, get_queue, new_ref
 from vzpanel.ves.models import VE
 from vzpanel.ves.services import (
     ActionRefused,
@@ -39,49 +33,41 @@ from vzpanel.ves.services import (
 )
 
 from . import conf, roster
-from .models import Course, LabSession, LoginLink, Membership
-
-log = logging.getLogger(__name__)
+from .actions import (  # noqa: F401 - the old import path of the actions
+    ARCHIVE,
+    ASLEEP,
+    CLASS_ACTIONS,
+    CLOSE,
+    LABELS,
+    PARENT,
+    PROVISION,
+    REMOVE_STUDENT,
+    RESET,
+    RESUME,
+    SAVE_IMAGE,
+    START,
+    STOP,
+    SUSPEND,
+    SUSPENDED,
+    label,
+)
+from .bulk import enqueue_bulk, queue_bulk  # noqa: F401
+from .ending import (  # noqa: F401 - the old import path of the course end
+    archive_entry,
+    close_course,
+    end_course,
+    ended_message,
+    extend_course,
+    leave_course,
+    refuse_start_after_end,
+    remove_student,
+    start_refused,
+)
+from .image import freeze_image, image_task, set_template_image  # noqa: F401
+from .models import Course, LabSession, Membership
+from .signin import issue_links, issue_passwords  # noqa: F401
 
 __all__ = ["ActionRefused", "InvalidRequest", "QuotaExceeded", "ServiceError", "wake_for_console"]
-
-# Child actions (one student's VE each): names of their own in the one registry of task actions
-# (vzpanel.tasks.actions, registered in apps.py), so an action name means one thing whoever queued it.
-PROVISION = "student.provision"
-RESET = "student.reset"
-START = "student.start"
-STOP = "student.stop"
-SUSPEND = "student.suspend"
-RESUME = "student.resume"
-ARCHIVE = "student.archive"
-SAVE_IMAGE = "class.image"
-REMOVE_STUDENT = "class.remove"  # parent of the one `archive` child that removes a single student
-CLOSE = "class.close"  # the end date passed: the tick stops the class
-# Parent actions (the whole operation).
-PARENT = {
-    PROVISION: "class.provision",
-    RESET: "class.reset",
-    START: "class.start",
-    STOP: "class.stop",
-    SUSPEND: "class.suspend",
-    ARCHIVE: "class.end",
-}
-LABELS = {
-    PROVISION: "provision", RESET: "reset", START: "start", STOP: "stop", SUSPEND: "suspend",
-    RESUME: "resume", ARCHIVE: "archive and remove", "class.image": "freeze golden image",
-    "class.provision": "provision the class", "class.reset": "reset", "class.start": "start",
-    "class.stop": "stop", "class.suspend": "suspend", "class.end": "end the course",
-    "class.idle": "idle policy", "class.session": "lab schedule", "class.remove": "remove a student",
-    "class.close": "stop at the end date",
-}
-CLASS_ACTIONS = ("start", "stop", "suspend", "reset")
-SUSPENDED = VE.Status.SUSPENDED  # checkpointed by the engine (CRIU)
-ASLEEP = (VE.Status.STOPPED, SUSPENDED)
-
-
-def label(action: str) -> str:
-    return LABELS.get(action, action)
-
 
 # --- courses --------------------------------------------------------------------------------------
 
@@ -222,85 +208,6 @@ def remove_assistant(user, course: Course, membership: Membership, *, request=No
                  detail=f"course {course.pk}: {membership.user.get_username()}")
 
 
-# --- bulk work ------------------------------------------------------------------------------------
-
-def _bulk(user, course: Course, parent_action: str | None, items, *, request=None, ip=None, detail="",
-          at_front=False, parent: Task | None = None, always_parent=False):
-    """Queue one child task per (membership, ve, action, params) item, under a parent when there are several.
-
-    VEs busy with another task are skipped. Return (the parent, or the only child; the skipped reasons).
-    """
-    ip = ip or audit.client_ip(request)
-    # a locked VE (VE.locked: billing, traffic) stays down: start, resume, reset or provision would bring it back
-    # to life; only stopping it is anyone's to do, and admins may do anything (as ves.services.refuse_if_locked)
-    locked = []
-    if not (user is not None and user.is_panel_admin):
-        locked = [f"{m.name}: VE {ve.ctid} is locked: {ve.locked}" for m, ve, action, _ in items
-                  if ve.locked and action not in (STOP, SUSPEND)]
-        items = [item for item in items if not item[1].locked or item[2] in (STOP, SUSPEND)]
-        if not items:
-            raise ActionRefused("Nothing to do: " + "; ".join(locked[:3]))
-    with transaction.atomic():
-        ids = [ve.pk for _, ve, _, _ in items]
-        busy = set(Task.objects.filter(ve_id__in=ids, status__in=Task.ACTIVE).values_list("ve_id", flat=True))
-        skipped = [f"{m.name}: VE {ve.ctid} is busy with another task" for m, ve, _, _ in items if ve.pk in busy]
-        todo = [item for item in items if item[1].pk not in busy]
-        if not todo:
-            raise ActionRefused("Nothing to do: " + ("; ".join(skipped[:3]) if skipped else "no VE in that state."))
-        if parent is not None:
-            Task.objects.filter(pk=parent.pk).update(status=Task.Status.RUNNING, finished_at=None,
-                                                      message=f"retrying {len(todo)}")
-        elif parent_action and (len(todo) > 1 or always_parent):
-            parent = Task.objects.create(ve=None, node=course.node, action=parent_action, user=user, ip=ip,
-                                         params={"course": course.pk, "count": len(todo)},
-                                         message=f"0 of {len(todo)} done")
-        try:
-            with transaction.atomic():
-                children = Task.objects.bulk_create([
-                    Task(ve=ve, node=course.node, action=action, user=user, ip=ip, parent=parent,
-                         params={**params, "course": course.pk, "membership": m.pk})
-                    for m, ve, action, params in todo
-                ])
-        except IntegrityError:  # a task on one of the VEs was queued meanwhile (one active task per VE)
-            raise ActionRefused("Another task was queued on one of these VEs meanwhile; try again.") from None
-        if any(c.pk is None for c in children):
-            children = list(Task.objects.filter(ve_id__in=[ve.pk for _, ve, _, _ in todo], status=Task.Status.QUEUED))
-        username = user.get_username() if user is not None else ""
-        who = user if user is not None and user.pk else None
-        AuditEntry.objects.bulk_create([
-            AuditEntry(action=f"ve.{c.action.removeprefix('student.')}", user=who, username=username, ve=c.ve, ctid=c.ve.ctid,
-                       ip=ip, task=c, result="queued", detail=f"course {course.pk}"[:500])
-            for c in children
-        ])
-        if parent is not None and parent_action:
-            audit.record(parent_action, user=who, username=username, request=request, task=parent,
-                         result="queued", detail=(f"course {course.pk}: {len(children)} VE(s)" + detail)[:500])
-        child_ids = [c.pk for c in children]
-        parent_id = parent.pk if parent is not None else None
-        transaction.on_commit(lambda: enqueue_bulk(course.node.name, parent_id, child_ids, at_front=at_front))
-    return (parent or children[0]), skipped + locked
-
-
-def enqueue_bulk(node_name: str, parent_id: int | None, child_ids: list[int], at_front: bool = False) -> None:
-    """Put one bulk job on the node's queue; if the queue is unreachable, end its tasks as errored."""
-    job_id = f"class-{parent_id or child_ids[0]}-{secrets.token_hex(3)}"
-    try:
-        get_queue(node_name).enqueue(
-            "vzpanel.classroom.jobs.run_bulk", args=(parent_id, child_ids), job_id=job_id, job_timeout=JOB_TIMEOUT,
-            result_ttl=0, failure_ttl=3600, at_front=at_front,
-            description=f"classroom: {len(child_ids)} task(s)" + (f" of task {parent_id}" if parent_id else ""))
-    except redis.RedisError as exc:
-        log.exception("cannot enqueue classroom tasks %s", child_ids)
-        ref = new_ref()
-        ids = [*child_ids, *([parent_id] if parent_id else [])]
-        Task.objects.filter(pk__in=ids, status__in=Task.ACTIVE).update(
-            status=Task.Status.ERRORED, error=f"The node agent's queue could not be reached. Reference {ref}.",
-            error_ref=ref, traceback=repr(exc), finished_at=timezone.now())
-        return
-    # The job that runs them (vzpanel.tasks.sweeper looks it up when the agent may have died under it).
-    Task.objects.filter(pk__in=[*child_ids, *([parent_id] if parent_id else [])]).update(rq_job_id=job_id)
-
-
 def _quota(course: Course, adding: int) -> None:
     live = VE.objects.live().filter(memberships__course=course).distinct().count()
     total = live + adding
@@ -381,7 +288,7 @@ def _provision(user, course: Course, memberships, *, request, parent) -> Task:
             items.append((m, ve, PROVISION, {"ostemplate": course.ostemplate, "hostname": ve.hostname, "start": True,
                                              "ssh_port": port, "limits": limits}))
         Membership.objects.bulk_update(members, ["ve", "ssh_port", "asleep", "asleep_how"])
-        task, _ = _bulk(user, course, PARENT[PROVISION], items, request=request, parent=parent,
+        task, _ = queue_bulk(user, course, PARENT[PROVISION], items, request=request, parent=parent,
                         always_parent=True, detail=f", image {course.ostemplate}")
     return parent or task
 
@@ -432,7 +339,7 @@ def class_action(user, course: Course, action: str, memberships=None, *, keep_wo
         raise ActionRefused("Nothing to do: " + ("; ".join(skipped[:3]) + (" …" if len(skipped) > 3 else "")
                                                  if skipped else "the course has no students."))
     parent_action = {"idle": "class.idle", "schedule": "class.session", "ended": CLOSE}.get(why) or f"class.{action}"
-    task, busy = _bulk(user, course, parent_action, items, request=request, ip=ip,
+    task, busy = queue_bulk(user, course, parent_action, items, request=request, ip=ip,
                        detail=", keeping their work as snapshots" if keep_work else "")
     return task, skipped + busy
 
@@ -467,7 +374,7 @@ def retry(user, course: Course, membership: Membership, *, request=None) -> Task
         if last.action == RESET:
             params["ostemplate"] = course.ostemplate  # the image as it is now
         items = [(membership, ve, last.action, params)]
-    task, _ = _bulk(user, course, None, items, request=request, parent=parent)
+    task, _ = queue_bulk(user, course, None, items, request=request, parent=parent)
     return parent or task
 
 
@@ -492,79 +399,6 @@ def cancel_queued(user, course: Course, parent: Task, *, request=None) -> int:
     return n
 
 
-# --- golden image ---------------------------------------------------------------------------------
-
-def set_template_image(user, course: Course, ostemplate: str, *, request=None) -> Course:
-    """Make an OS template the course's golden image: new VEs get it, existing ones on reset."""
-    clean_template(course.node, ostemplate, user)
-    course.ostemplate, course.image_kind, course.image_ve = ostemplate, Course.ImageKind.TEMPLATE, None
-    course.image_version += 1
-    course.image_updated_at = timezone.now()
-    course.save(update_fields=["ostemplate", "image_kind", "image_ve", "image_version", "image_updated_at"])
-    audit.record("class.image", user=user, request=request, detail=f"course {course.pk}: template {ostemplate}")
-    return course
-
-
-def freeze_image(user, course: Course, ve: VE, *, reset_after: bool = False, keep_work: bool = True,
-                 request=None) -> Task:
-    """Save one of the teacher's VEs as the course's next golden image (a template on the node)."""
-    if not (user.is_panel_admin or ve.owner_id in (user.pk, course.teacher_id)):
-        raise InvalidRequest("The golden image must be one of your own VEs.")
-    if course.memberships.filter(ve=ve).exists():
-        raise InvalidRequest("A student's VE cannot be the golden image; prepare one of your own VEs.")
-    if ve.status not in (VE.Status.RUNNING, *ASLEEP):
-        raise ActionRefused(f"VE {ve.ctid} is {ve.status}; it cannot be frozen now.")
-    name = course.template_name(course.image_version + 1)
-    params = {"course": course.pk, "name": name, "reset_after": bool(reset_after), "keep_work": bool(keep_work)}
-    try:
-        with transaction.atomic():
-            task = Task.objects.create(ve=ve, node=course.node, action=SAVE_IMAGE, params=params, user=user,
-                                       ip=audit.client_ip(request))
-            audit.record("class.image", user=user, request=request, ve=ve, task=task, result="queued",
-                         detail=f"course {course.pk}: freeze VE {ve.ctid} as {name}")
-            transaction.on_commit(lambda: enqueue_bulk(course.node.name, None, [task.pk]))
-    except IntegrityError:
-        raise ActionRefused(f"VE {ve.ctid} is busy with another task; wait for it to finish.") from None
-    return task
-
-
-def image_task(course: Course) -> Task | None:
-    return Task.objects.filter(action=SAVE_IMAGE, params__course=course.pk).order_by("-created_at").first()
-
-
-# --- sign-in sheets ---------------------------------------------------------------------------------
-
-def issue_links(user, course: Course, memberships) -> list[tuple[Membership, str]]:
-    """New one-time sign-in links for these students (older unused ones stop working); the keys, once."""
-    out = []
-    with transaction.atomic():
-        for m in course.governed_students().filter(pk__in=[m.pk for m in memberships]).select_related("user"):
-            _, key = LoginLink.issue(m.user, course=course, created_by=user)
-            out.append((m, key))
-        audit.record("class.links", user=user, detail=f"course {course.pk}: {len(out)} sign-in link(s)")
-    return out
-
-
-def _password() -> str:
-    alphabet = "abcdefghjkmnpqrstuvwxyz23456789"
-    return "-".join("".join(secrets.choice(alphabet) for _ in range(4)) for _ in range(3))
-
-
-def issue_passwords(user, course: Course, memberships) -> list[tuple[Membership, str]]:
-    """Set new random initial passwords for these students; return them (shown once, never stored)."""
-    memberships = list(course.governed_students().filter(pk__in=[m.pk for m in memberships]).select_related("user"))
-    plain = [_password() for _ in memberships]
-    # PBKDF2 releases the GIL: hash on every core (about a quarter of a second each).
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        hashed = list(pool.map(make_password, plain))
-    User = get_user_model()
-    with transaction.atomic():
-        for m, h in zip(memberships, hashed, strict=True):
-            User.objects.filter(pk=m.user_id).update(password=h)
-        audit.record("class.passwords", user=user, detail=f"course {course.pk}: {len(memberships)} password(s)")
-    return list(zip(memberships, plain, strict=True))
-
-
 # --- the console wakes a sleeping VE --------------------------------------------------------------------
 
 def wake_for_console(user, ve: VE, *, wait: float = 0.0, request=None) -> Task | None:
@@ -587,7 +421,7 @@ def wake_for_console(user, ve: VE, *, wait: float = 0.0, request=None) -> Task |
     if task is None:
         action = RESUME if ve.status == SUSPENDED or m.asleep_how == "suspended" else START
         try:
-            task, _ = _bulk(user, m.course, None, [(m, ve, action, {"why": "console"})], request=request,
+            task, _ = queue_bulk(user, m.course, None, [(m, ve, action, {"why": "console"})], request=request,
                             at_front=True)
         except ActionRefused:
             task = ve.tasks.filter(status__in=Task.ACTIVE).first()
@@ -598,76 +432,6 @@ def wake_for_console(user, ve: VE, *, wait: float = 0.0, request=None) -> Task |
             break
         time.sleep(0.1)
     return task
-
-
-# --- course end -------------------------------------------------------------------------------------
-
-def ended_message(course: Course) -> str:
-    if course.is_closed:
-        when = f" on {course.ends_on:%Y-%m-%d}" if course.ends_on else ""
-        return (f"This course ended{when}: its VEs are stopped and cannot be started. "
-                "The teacher can extend the course to re-open it.")
-    return f"This course is {course.get_status_display()}."
-
-
-def leave_course(course: Course, memberships) -> int:
-    """Take these students out of course; delete the accounts made for it that are in no other course.
-
-    The rule of course end and of removing one student: an account the roster linked (it existed before)
-    only leaves the course, and so does one still enrolled elsewhere. Return how many accounts were deleted.
-    """
-    User = get_user_model()
-    memberships = list(memberships)
-    others = set(Membership.objects.filter(user__in=[m.user_id for m in memberships]).exclude(course=course)
-                 .values_list("user_id", flat=True))
-    doomed = [m.user_id for m in memberships if m.created_account and m.user_id not in others]
-    with transaction.atomic():
-        Membership.objects.filter(pk__in=[m.pk for m in memberships]).delete()
-        # The teacher's hold on a kept account ends with its last course of theirs.
-        (User.objects.filter(pk__in=[m.user_id for m in memberships], teacher_id=course.teacher_id)
-         .exclude(course_memberships__course__teacher_id=course.teacher_id).update(teacher=None))
-        _, deleted = User.objects.filter(pk__in=doomed, role=User.Role.STUDENT).delete()
-    return deleted.get(User._meta.label, 0)
-
-
-def archive_entry(membership: Membership | None, ctid, backup) -> dict:
-    """One line of Course.archive: whose VE it was and where its backup is."""
-    return {"student": membership.user.get_username() if membership else "", "name": membership.name if membership
-            else "", "ctid": ctid, "backup": backup, "at": timezone.now().isoformat(timespec="seconds")}
-
-
-def remove_student(user, course: Course, membership: Membership, *, archive: bool = True, request=None) -> Task | None:
-    """Take one student out of the course: back up (when archive) and destroy their VE, then their account
-    if the course made it and no other course has them (else they only leave this one).
-
-    With a VE this is a `class.remove` parent with one `archive` child (the course end's own child, run
-    by run_bulk; a failure stays on the dashboard with Retry). Return that parent, or None when there was
-    no VE and the student was removed at once.
-    """
-    if membership.course_id != course.pk or membership.role != Membership.Role.STUDENT:
-        raise InvalidRequest("Only a student of this course can be removed here.")
-    if not (course.is_active or course.is_closed):
-        raise ActionRefused(f"This course is {course.get_status_display()}; its roster cannot change.")
-    who = membership.user.get_username()
-    ve = membership.live_ve
-    if ve is not None and ve.tasks.filter(status__in=Task.ACTIVE).exists():
-        raise ActionRefused(f"{membership.name}'s VE {ve.ctid} is busy with a task; wait for it, then remove them.")
-    if ve is not None and ve.status == VE.Status.CREATING:
-        # Its provisioning failed and nothing runs it: the engine has no such VE (or retry would have found it).
-        ve.status, ve.destroyed_at = VE.Status.DESTROYED, timezone.now()
-        ve.save(update_fields=["status", "destroyed_at", "updated_at"])
-        ve = None
-    if ve is None:
-        with transaction.atomic():
-            deleted = leave_course(course, [membership])
-            audit.record(REMOVE_STUDENT, user=user, request=request,
-                         detail=f"course {course.pk}: student {who} (no VE)"
-                                + (", account deleted" if deleted else ", account kept"))
-        return None
-    parent, _ = _bulk(user, course, REMOVE_STUDENT, [(membership, ve, ARCHIVE, {"backup": bool(archive)})],
-                      request=request, always_parent=True,
-                      detail=f", student {who}" + (", with a backup" if archive else ", without a backup"))
-    return parent
 
 
 def add_student(user, course: Course, *, name: str, login: str, group: str = "", request=None) -> Membership:
@@ -685,104 +449,6 @@ def add_student(user, course: Course, *, name: str, login: str, group: str = "",
             .filter(Q(user__username__iexact=login) | Q(user__email__iexact=login)).order_by("-id").first())
 
 
-def end_course(user, course: Course, *, archive: bool = True, request=None) -> Task:
-    """Back up (when archive) and remove every student VE, then the accounts made for the course."""
-    if not (course.is_active or course.is_closed):
-        raise ActionRefused(f"This course is {course.get_status_display()} already.")
-    members = list(course.students().select_related("user", "ve"))
-    busy = Task.objects.filter(ve_id__in=[m.ve_id for m in members if m.ve_id], status__in=Task.ACTIVE).count()
-    if busy:
-        raise ActionRefused(f"{busy} of the class's VEs are busy with a task; wait for them, then end the course.")
-    with transaction.atomic():
-        course.status, course.closed_at = Course.Status.ENDING, None
-        course.save(update_fields=["status", "closed_at"])
-        items = [(m, m.live_ve, ARCHIVE, {"backup": bool(archive)}) for m in members
-                 if m.live_ve is not None and m.live_ve.status != VE.Status.CREATING]
-        if items:
-            parent, _ = _bulk(user, course, PARENT[ARCHIVE], items, request=request, always_parent=True,
-                              detail=", with backups" if archive else ", without backups")
-        else:
-            parent = Task.objects.create(ve=None, node=course.node, action=PARENT[ARCHIVE], user=user,
-                                         ip=audit.client_ip(request), params={"course": course.pk, "count": 0})
-            audit.record(PARENT[ARCHIVE], user=user, request=request, task=parent, result="queued",
-                         detail=f"course {course.pk}: no VEs")
-            parent_id = parent.pk
-            transaction.on_commit(lambda: enqueue_bulk(course.node.name, parent_id, []))
-    return parent
-
-
-def close_course(course: Course, *, today=None) -> Task | None:
-    """The course's end date passed (the classroom tick): stop its students' running VEs and close it.
-
-    Nothing is destroyed: the VEs stay, stopped (suspended ones stay suspended); students see that the
-    course has ended and cannot start them; the teacher extends (re-opens) or archives it. Return the
-    stop task, if any VE was running.
-    """
-    today = today or timezone.localdate()
-    if not course.is_active or course.ends_on is None or course.ends_on >= today:
-        return None
-    task, busy = None, []
-    with transaction.atomic():
-        if not Course.objects.filter(pk=course.pk, status=Course.Status.ACTIVE).exists():
-            return None
-        try:
-            task, skipped = class_action(None, course, "stop", why="ended")
-            busy = [s for s in skipped if "busy" in s]
-        except ServiceError:  # no VE running
-            pass
-        now = timezone.now()
-        Course.objects.filter(pk=course.pk).update(status=Course.Status.ENDING, closed_at=now)
-        course.status, course.closed_at = Course.Status.ENDING, now
-        stopping = 0 if task is None else (task.children.count() if task.ve_id is None else 1)
-        audit.record("class.closed", username="system",
-                     detail=(f"course {course.pk}: its end date {course.ends_on:%Y-%m-%d} passed; stopping {stopping} "
-                             "VE(s), nothing removed" + (f"; busy, left as they are: {'; '.join(busy)}" if busy else "")
-                             )[:500])
-    return task
-
-
-def extend_course(user, course: Course, ends_on, *, request=None) -> Course:
-    """Move the end date; a course that closed itself at its end date opens again (its VEs stay stopped)."""
-    if not (course.is_active or course.is_closed):
-        raise ActionRefused("Only a running course, or one whose end date has passed, can be extended.")
-    reopen = course.is_closed
-    if reopen and (ends_on is None or ends_on < timezone.localdate()):
-        raise InvalidRequest(f"To re-open the course, give an end date from today ({timezone.localdate():%Y-%m-%d}) on.")
-    if ends_on is not None and course.ends_on is not None and ends_on <= course.ends_on:
-        raise InvalidRequest(f"The new end date must be after {course.ends_on:%Y-%m-%d}.")
-    fields = ["ends_on"]
-    with transaction.atomic():
-        if reopen:
-            course.status, course.closed_at = Course.Status.ACTIVE, None
-            fields += ["status", "closed_at"]
-            if not Course.objects.filter(pk=course.pk, status=Course.Status.ENDING, closed_at__isnull=False).exists():
-                raise ActionRefused("The course is being archived; it cannot be extended.")
-        course.ends_on = ends_on
-        course.save(update_fields=fields)
-        audit.record("class.extend", user=user, request=request,
-                     detail=f"course {course.pk}: ends {ends_on or 'open-ended'}" + (", re-opened" if reopen else ""))
-    return course
-
-
-def refuse_start_after_end(user, ve: VE, action: str) -> str:
-    """The guard vzpanel.ves.services.request_action asks (registered in apps.py): see start_refused."""
-    return start_refused(user, ve) if action in (Task.Action.START, Task.Action.RESTART) else ""
-
-
-def start_refused(user, ve: VE) -> str:
-    """Why user may not start (or resume, restart) ve now, or "": a student's VE of a course that has ended.
-
-    The course's teacher and admins still may (to look at a student's work); the student may not.
-    """
-    m = (Membership.objects.filter(ve=ve, role=Membership.Role.STUDENT)
-         .exclude(course__status=Course.Status.ACTIVE).select_related("course").first())
-    if m is None:
-        return ""
-    if user is not None and getattr(user, "pk", None) and (user.is_panel_admin or user.pk == m.course.teacher_id):
-        return ""
-    return ended_message(m.course)
-
-
 # --- lab schedule -------------------------------------------------------------------------------------
 
 def add_session(user, course: Course, *, starts_at, ends_at, lead_minutes: int = 5, after: str = "stop",
@@ -795,7 +461,3 @@ def add_session(user, course: Course, *, starts_at, ends_at, lead_minutes: int =
                                         lead_minutes=lead_minutes, after=after)
     audit.record("class.session", user=user, request=request, detail=f"course {course.pk}: {session}")
     return session
-
-
-def template_names(node: Node) -> list[str]:
-    return list(Template.objects.filter(node=node).values_list("name", flat=True))

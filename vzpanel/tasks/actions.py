@@ -1,8 +1,9 @@
 """The one registry of task actions: what runs for each action name, what it is called, whether it makes a VE.
 
-vzpanel.tasks.jobs registers a VE's own actions (create, start, snapshot, ...); other apps register theirs
-in their AppConfig.ready (the classroom's per-student actions, `student.*`), so every task, whoever queued
-it, is run by vzpanel.tasks.runner.execute from this one table, and one action name means one thing.
+vzpanel.tasks.jobs registers a VE's own actions (create, start, ...), vzpanel.ves.storage_jobs its snapshots and
+backups; other apps register theirs in their AppConfig.ready (the classroom's per-student actions, `student.*`),
+so every task, whoever queued it, is run by vzpanel.tasks.runner.execute from this one table, and one action name
+means one thing.
 """
 
 from __future__ import annotations

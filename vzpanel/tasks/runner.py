@@ -7,6 +7,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from vzpanel.agent.client import VEInfo
 from vzpanel.agent.errors import AgentError
 from vzpanel.audit import log as audit
 
@@ -81,13 +82,13 @@ def execute(task_id: int, make_progress=Progress, **secrets) -> str:
     try:
         handler = actions.HANDLERS[task.action]  # an unknown action is a bug: the task errors
         result = handler(task, progress, jobs.engine(task.node.name), **secrets)
-        if hasattr(result, "to_dict"):  # a VEInfo
+        if isinstance(result, VEInfo):  # what the engine now says of the VE: onto its row
             jobs.save_info(task.ve, result)
             result = result.to_dict()
     except expected_errors() as exc:
         progress.flush()
         jobs.after_failure(task)
-        finish(task, Task.Status.FAILED, error=getattr(exc, "message", None) or str(exc))
+        finish(task, Task.Status.FAILED, error=exc.message or str(exc))  # both expected errors carry one
     except Exception:
         ref = new_ref()
         log.exception("task %s errored (ref %s)", task_id, ref)

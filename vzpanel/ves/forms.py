@@ -8,10 +8,14 @@ from .models import VE
 
 
 def template_choices(node, user=None):
-    """The templates of node that user may build from (Template.usable_by); without a user, the public ones."""
-    templates = Template.objects.filter(node=node)
+    """The templates of node (None: of any node, each name once) that user may build from (Template.usable_by);
+    without a user, the public ones."""
+    templates = Template.objects.filter(node=node) if node is not None else Template.objects.order_by("name", "pk")
     templates = templates.usable_by(user) if user is not None else templates.public()
-    return [(t.name, f"{t.name} — {t.description}" if t.description else t.name) for t in templates]
+    choices: dict[str, tuple[str, str]] = {}
+    for t in templates:
+        choices.setdefault(t.name, (t.name, f"{t.name} — {t.description}" if t.description else t.name))
+    return list(choices.values())
 
 
 def template_field(**kwargs) -> forms.ChoiceField:
@@ -43,14 +47,19 @@ class VECreateForm(ServiceCheckedForm):
     start = forms.BooleanField(required=False, initial=True, label="Start it when created")
     owner = forms.ModelChoiceField(queryset=get_user_model().objects.none(), required=False,
                                    help_text="Admins only; default: you.")
+    node = forms.ModelChoiceField(queryset=Node.objects.none(), required=False, to_field_name="name",
+                                  empty_label="any (the least loaded that fits)",
+                                  help_text="Admins only; default: the placement policy picks.")
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["ostemplate"].choices = template_choices(Node.local(), user)
+        self.fields["ostemplate"].choices = template_choices(None, user)
         if user.is_panel_admin:
             self.fields["owner"].queryset = get_user_model().objects.filter(is_active=True).order_by("username")
+            self.fields["node"].queryset = Node.objects.order_by("name")
         else:
             del self.fields["owner"]
+            del self.fields["node"]
 
     def clean_hostname(self):
         return self.check("hostname", services.clean_hostname)
@@ -61,7 +70,7 @@ class VECreateForm(ServiceCheckedForm):
     def clean(self):
         data = super().clean()
         owner, name = data.get("owner"), data.get("ostemplate")
-        if owner is not None and name and not Template.is_usable(owner, Node.local(), name):
+        if owner is not None and name and not Template.objects.usable_by(owner).filter(name=name).exists():
             self.add_error("ostemplate", f"{owner.get_username()} may not use the OS template {name}; choose one "
                                          "that is theirs or public.")
         return data
@@ -244,11 +253,6 @@ class AddressAddForm(forms.Form):
     version = forms.TypedChoiceField(choices=[(4, "IPv4"), (6, "IPv6")], coerce=int, initial=4, label="Family")
     address = forms.CharField(required=False, max_length=64, label="Address",
                               help_text="empty: the next free one of the node's pool")
-
-
-class ReverseDNSForm(forms.Form):
-    address = forms.CharField(max_length=64, widget=forms.HiddenInput)
-    reverse_dns = forms.CharField(required=False, max_length=253, label="Reverse DNS")
 
 
 class SSHPushForm(forms.Form):
