@@ -18,6 +18,24 @@ import pytest
 ROOT_REASON = "needs root, LXC and btrfs (run the test command from README.md as root)"
 
 
+# Every panel process the tests start hashes passwords fast (vzpanel/settings.py); this one switches below.
+os.environ["VZPANEL_TESTS_FAST_PASSWORD_HASHER"] = "1"
+
+
+def pytest_configure(config):
+    """This process too: pytest-django has read the settings before this file ran."""
+    try:
+        from django.conf import settings
+        from django.contrib.auth import hashers
+    except ImportError:
+        return
+    fast = "django.contrib.auth.hashers.MD5PasswordHasher"
+    if settings.configured and settings.PASSWORD_HASHERS[0] != fast:
+        settings.PASSWORD_HASHERS = [fast, *settings.PASSWORD_HASHERS]
+        hashers.get_hashers.cache_clear()
+        hashers.get_hashers_by_algorithm.cache_clear()
+
+
 def have_root_tools() -> bool:
     return os.geteuid() == 0 and shutil.which("lxc-start") is not None and shutil.which("btrfs") is not None
 

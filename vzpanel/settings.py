@@ -232,6 +232,13 @@ RQ = {"COMMIT_MODE": "auto"}  # we enqueue from transaction.on_commit ourselves
 WEBHOOK_RETRY_DELAYS = [int(s) for s in os.environ.get("VZPANEL_WEBHOOK_RETRY_DELAYS", "10,60,300,1800,7200").split(",")
                         if s.strip()]
 
+# The test suite (tests/conftest.py) sets this in the panel processes it starts: a password hash costs about a
+# second by design, and the suite makes and checks thousands. Never set it on a real panel.
+if os.environ.get("VZPANEL_TESTS_FAST_PASSWORD_HASHER") == "1":
+    from django.conf import global_settings
+
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *global_settings.PASSWORD_HASHERS]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
