@@ -49,6 +49,9 @@ def private_postgres(host: str = "127.0.0.1", netns: str | None = None):
         os.chown(pwfile, pg.pw_uid, pg.pw_gid)
         _as_postgres([str(bins / "initdb"), "-D", str(top / "data"), "-U", "postgres", "--pwfile", str(pwfile),
                       "-A", "scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
+        if host not in ("127.0.0.1", "::1", "localhost"):  # initdb lets in loopback only: the host's link too
+            with open(top / "data" / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet scram-sha-256\n")
         port = _free_port(host) if netns is None else 5432
         argv = ["runuser", "-u", "postgres", "--", str(bins / "postgres"), "-D", str(top / "data"), "-k", str(top),
                 "-h", host, "-p", str(port), "-c", "fsync=off", "-c", "synchronous_commit=off",
