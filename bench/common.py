@@ -104,7 +104,7 @@ class PanelStack:
         """Start daphne on a free port of 127.0.0.1; return its base address once it listens."""
         self.port = free_port()
         self.spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                           "vzpanel.asgi:application"])
+                           "vzpanel.asgi:application"], VZPANEL_DB_POOL="1")  # as serve starts it
 
         def listening():
             try:

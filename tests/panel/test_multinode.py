@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow,
 
 NODE2 = "node-2"
 LOCAL = "local"
+RECONCILE_EVERY = 15  # serve's periodic reconcile of every node (node-2's first one fails: its agent starts after)
 
 
 # --- the panel --------------------------------------------------------------------------------------
@@ -131,8 +132,8 @@ def two_nodes(vz_root, tmp_path_factory):
                if k not in ("REDIS_URL", "VZPANEL_AGENT_REDIS_URL", "VZPANEL_SECRET_KEY", "VZPANEL_ADMIN_USER",
                             "VZPANEL_ADMIN_PASSWORD") and not k.startswith("PYTEST_")}
         env.update(VZPANEL_STATE=str(top / "state"), VZ_ROOT=str(vz_root), DATABASE_URL=url, VZPANEL_NODE=LOCAL,
-                   VZPANEL_2FA_REQUIRED_ROLES="", VZPANEL_RECONCILE_INTERVAL="3600", VZPANEL_METRICS_INTERVAL="3600",
-                   VZPANEL_WORKERS="1", PYTHONUNBUFFERED="1", DJANGO_SETTINGS_MODULE="vzpanel.settings")
+                   VZPANEL_2FA_REQUIRED_ROLES="", VZPANEL_RECONCILE_INTERVAL=str(RECONCILE_EVERY),
+                   VZPANEL_METRICS_INTERVAL="3600", VZPANEL_WORKERS="2", PYTHONUNBUFFERED="1", DJANGO_SETTINGS_MODULE="vzpanel.settings")
         serve = Serve(top / "state", env)
         stack.callback(serve.stop)
         # `node add` needs the panel's database, root's secrets directory and the web user: a serve run
@@ -155,18 +156,8 @@ def two_nodes(vz_root, tmp_path_factory):
         pg = re.match(r"postgresql://[^@]+@([^:/]+):(\d+)/", url)
         nodes = TwoNodes(serve, ns, node_url, port, pg.group(1), int(pg.group(2)), logs=logs)
         nodes.start_agent()
-        # The panel's side of node-2: its task worker (the web user, like serve's own workers) on queue
-        # node:node-2; it reaches the node only through the agent's Redis keys. (serve starts workers, and
-        # queues the periodic reconcile, for its own node only so far: the tests reconcile node-2 themselves.)
-        worker_log = open(logs / "worker-node-2.log", "ab")  # noqa: SIM115 - closed below
-        stack.callback(worker_log.close)
-        web = pwd.getpwnam(WEB_USER)
-        worker = subprocess.Popen(
-            [sys.executable, str(REPO / "manage.py"), "rqworker", f"node:{NODE2}", "--name", f"twonode-{os.getpid()}"],
-            cwd=REPO, env={**env, "VZPANEL_NODE": NODE2, "REDIS_URL": serve.redis_url, "HOME": "/tmp"},
-            stdout=worker_log, stderr=subprocess.STDOUT, user=web.pw_uid, group=web.pw_gid, extra_groups=[],
-            start_new_session=True)
-        stack.callback(_stop, worker)
+        # No worker or reconcile of the test's own: serve's task workers serve node-2's queue too, and its
+        # periodic rounds (every RECONCILE_INTERVAL seconds) reconcile node-2 as well as its own node.
         yield nodes
 
 
@@ -222,8 +213,7 @@ def people(panel, net):
     """An admin and a customer whose plan gives one IPv4 address per VE; each node's own IPv4 pool (a part of
     its engine's IP_POOL), and the local node's templates as its reconcile reports them."""
     from vzpanel.accounts.models import User
-    from vzpanel.nodes.models import IPPool, Node
-    from vzpanel.nodes.reconcile import reconcile_node
+    from vzpanel.nodes.models import IPPool, Node, Template
     from vzpanel.plans.models import Plan
 
     plan = Plan.objects.create(name="two-nodes", ram_mb=256, swap_mb=0, cpus=1, disk_gb=2, nproc=128, max_ves=4,
@@ -234,7 +224,8 @@ def people(panel, net):
     IPPool.objects.create(node=local, name="local-v4", network=str(_part(net.pool)), kind="public")
     node2 = Node.objects.get(name=NODE2)
     IPPool.objects.create(node=node2, name="node-2-v4", network=str(_part(panel.node.pool)), kind="public")
-    reconcile_node(LOCAL)
+    wait_for(lambda: Template.objects.filter(node=local, name="tiny").exists(), 120,
+             "serve's periodic reconcile to report the local node's templates")
     return {"admin": admin, "owner": owner, "plan": plan}
 
 
@@ -248,6 +239,17 @@ def client_for(user):
 
     c = Client()
     c.force_login(user)
+    return c
+
+
+def api_client_for(user):
+    from rest_framework.test import APIClient
+
+    from vzpanel.accounts.models import APIToken
+
+    _, key = APIToken.issue(user, "two nodes")
+    c = APIClient()
+    c.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     return c
 
 
@@ -280,7 +282,6 @@ def test_a_joined_node_registers_itself_and_reports_its_templates_and_capacity(p
     import psutil
 
     from vzpanel.nodes.models import Node, Template
-    from vzpanel.nodes.reconcile import reconcile_node
     from vzpanel.nodes.status import node_statuses, nodes_up
 
     node = panel.node
@@ -293,10 +294,11 @@ def test_a_joined_node_registers_itself_and_reports_its_templates_and_capacity(p
     ready = node.net([str(bindir() / "pg_isready"), "-h", panel.pg_host, "-p", str(panel.pg_port)], check=False)
     assert ready.returncode == 0, ready.stdout + ready.stderr
 
-    counts = reconcile_node(NODE2)  # what the panel's periodic reconcile does for each node
-    assert counts["adopted"] == 0
+    # serve's periodic reconcile reaches node-2 too (the test reconciles nothing itself)
+    wait_for(lambda: Node.objects.get(name=NODE2).last_seen_at is not None, 4 * RECONCILE_EVERY + 60,
+             "serve's periodic reconcile to reach node-2")
     node2 = Node.objects.get(name=NODE2)
-    assert node2.last_seen_at is not None
+    assert not node2.ves.exists()  # nothing adopted: node-2's engine root is its own
     assert node2.cpus == os.cpu_count() and node2.ram_mb > 0  # its capacity, as its agent reported it
     assert Template.objects.filter(node=node2, name="tiny").exists()
     st = next(s for s in node_statuses() if s.name == NODE2)
@@ -319,11 +321,10 @@ def test_a_joined_node_registers_itself_and_reports_its_templates_and_capacity(p
 def placed(panel, people):
     """Two VEs of the customer made through the panel's create, the placement policy choosing their nodes."""
     from vzpanel.nodes.models import Template
-    from vzpanel.nodes.reconcile import reconcile_node
     from vzpanel.ves.services import create_ve
 
-    if not Template.objects.filter(node__name=NODE2).exists():
-        reconcile_node(NODE2)  # what the periodic reconcile does (the joining test did it when run first)
+    wait_for(lambda: Template.objects.filter(node__name=NODE2, name="tiny").exists(), 4 * RECONCILE_EVERY + 60,
+             "serve's periodic reconcile to report node-2's templates")
     ves = []
     for i in range(2):
         task = wait_task(create_ve(people["owner"], ostemplate="tiny", hostname=f"multi{i}"), timeout=300)
@@ -436,8 +437,9 @@ def test_node_2_credentials_are_refused_on_the_local_node_queue(panel):
 
 def test_a_node_whose_agent_dies_is_shown_down_with_its_ves_unknown_and_is_right_again_once_back(panel, placed,
                                                                                                      people):
-    from vzpanel.nodes.reconcile import reconcile_node
+    from vzpanel.nodes.models import Node
     from vzpanel.nodes.status import node_statuses, nodes_up
+    from vzpanel.tasks.models import Task
 
     far_ve, local_ve = placed[NODE2], placed[LOCAL]
     admin = client_for(people["admin"])
@@ -451,16 +453,41 @@ def test_a_node_whose_agent_dies_is_shown_down_with_its_ves_unknown_and_is_right
     assert _state(here, "node-state") == "up" and _ve_state(here, local_ve.ctid) == "running"
     mine = client_for(people["owner"]).get("/").content.decode()  # the owner's dashboard says the same
     assert _ve_state(mine, far_ve.ctid) == "unknown" and _ve_state(mine, local_ve.ctid) == "running"
+    # So do the owner's VE list, the VE's page and the API, saying why; the stored state stays as it was.
+    owner = client_for(people["owner"])
+    listing = owner.get("/ves/").content.decode()
+    assert _ve_state(listing, far_ve.ctid) == "unknown" and _ve_state(listing, local_ve.ctid) == "running"
+    assert f"node {NODE2} is down (no answer since" in listing
+    page = owner.get(f"/ves/{far_ve.ctid}/").content.decode()
+    assert 'id="ve-state">unknown<' in page and 'id="ve-node-down"' in page and "(last known: running)" in page
+    assert 'id="ve-state">running<' in owner.get(f"/ves/{local_ve.ctid}/").content.decode()
+    api = api_client_for(people["owner"])
+    shown = api.get(f"/api/ves/{far_ve.ctid}/").json()
+    assert (shown["status"], shown["stored_status"]) == ("unknown", "running")
+    assert f"node {NODE2} is down" in shown["status_why"]
+    assert api.get(f"/api/ves/{local_ve.ctid}/").json()["status"] == "running"
+    # An action is refused in words, not queued for a node that cannot run it (page, API and bulk alike).
+    tasks_before = set(Task.objects.values_list("pk", flat=True))
+    refused = owner.post(f"/ves/{far_ve.ctid}/stop/", follow=True).content.decode()
+    assert f"VE {far_ve.ctid} is on node {NODE2}, which is down" in refused and "nothing was queued" in refused
+    answer = api.post(f"/api/ves/{far_ve.ctid}/restart/")
+    assert answer.status_code == 409 and "which is down" in answer.json()["detail"], answer.content
+    admin.post("/ves/bulk/", {"ctids": str(far_ve.ctid), "action": "stop"})
+    assert set(Task.objects.values_list("pk", flat=True)) == tasks_before
     far_ve.refresh_from_db()
     assert far_ve.status == "running"  # the panel changed nothing it cannot know
     assert running_on_node2(panel.node, far_ve.ctid)  # and the VE itself never stopped
 
+    seen_before = Node.objects.get(name=NODE2).last_seen_at
     panel.start_agent()
     wait_for(lambda: NODE2 in nodes_up([NODE2]), 60, "node-2 to be shown up again")
-    counts = reconcile_node(NODE2)
-    assert counts["missing"] == counts["adopted"] == counts["updated"] == 0
+    # serve's next periodic reconcile reaches it again, and finds what the panel had
+    wait_for(lambda: Node.objects.get(name=NODE2).last_seen_at > seen_before, 4 * RECONCILE_EVERY + 60,
+             "serve's periodic reconcile to reach node-2 again")
     far_ve.refresh_from_db()
-    assert far_ve.status == "running"
+    assert far_ve.status == "running" and Node.objects.get(name=NODE2).ves.count() == 1
+    assert api.get(f"/api/ves/{far_ve.ctid}/").json()["status"] == "running"
+    assert _ve_state(owner.get("/ves/").content.decode(), far_ve.ctid) == "running"
     detail = admin.get(f"/nodes/{NODE2}/").content.decode()
     assert _state(detail, "node-state") == "up" and _ve_state(detail, far_ve.ctid) == "running"
     assert _ve_state(client_for(people["owner"]).get("/").content.decode(), far_ve.ctid) == "running"
@@ -487,3 +514,74 @@ def test_removing_node_2_is_refused_while_it_holds_ves_and_changes_nothing(panel
     assert Node.objects.filter(name=NODE2).exists() and placed[NODE2].node.ves.count() == 1
     assert secret.is_file()
     assert redis.Redis.from_url(panel.node_url, socket_timeout=10).ping()  # its agent still gets in
+
+
+# --- serve's workers follow the node list ------------------------------------------------------------------
+
+
+def test_serve_workers_take_the_jobs_of_a_node_added_while_they_run(panel, people):
+    from rq import Queue
+    from rq.job import Job
+
+    from vzpanel.nodes.models import Node
+    from vzpanel.tasks.nodeworker import RESCAN
+
+    theirs = redis.Redis.from_url(panel.serve.redis_url)
+    node3 = Node.objects.create(name="node-3")
+    try:
+        job = Queue("node:node-3", connection=theirs).enqueue("vzpanel.tasks.periodic.job_id", "probe", "x",
+                                                              "node-3", result_ttl=120)
+
+        def finished():
+            status = Job.fetch(job.id, connection=theirs).get_status(refresh=True)
+            assert status in ("queued", "started", "finished"), status
+            return status == "finished"
+
+        wait_for(finished, 6 * RESCAN + 30, "serve's workers to take a job of node-3, added while they run")
+        assert Job.fetch(job.id, connection=theirs).return_value() == "periodic-probe-x-node-3"
+    finally:
+        node3.delete()
+        Queue("node:node-3", connection=theirs).delete(delete_jobs=True)
+
+
+# --- a class spread over both nodes -------------------------------------------------------------------------
+
+
+def test_a_class_spread_over_both_nodes_gets_a_ve_on_each_and_a_class_action_reaches_both(panel, people, placed,
+                                                                                          vz_root):
+    from vzengine import Engine
+    from vzpanel.accounts.models import User
+    from vzpanel.classroom import services as classes
+    from vzpanel.ves.errors import InvalidRequest
+
+    teacher = User.objects.create_user("tess-teacher", "tess@example.test", PASSWORD, role=User.Role.TEACHER)
+    # A golden image frozen from a VE lives on one node: a spread course refuses it, and nothing is made.
+    with pytest.raises(InvalidRequest, match="spread over several nodes takes an OS template"):
+        classes.create_course(teacher, name="Spread image", image_ve=placed[LOCAL], plan=people["plan"],
+                              spread=True)
+    course = classes.create_course(teacher, name="Spread", ostemplate="tiny", plan=people["plan"], spread=True,
+                                   ssh_access=False)
+    assert course.node is None
+    for i in range(2):
+        classes.add_student(teacher, course, name=f"Student {i}", login=f"spread{i}@example.test")
+
+    parent = wait_task(classes.provision(teacher, course), timeout=300)
+    assert parent.status == "completed", (parent.error, [(c.status, c.error) for c in parent.children.all()])
+    ves = {m.ve.node.name: m.ve for m in course.students().select_related("ve__node")}
+    assert set(ves) == {LOCAL, NODE2}, ves  # the placement policy put one student on each node
+    # Each student's task was filed on its VE's node and ran there: each VE runs on its own node only.
+    assert {c.ve_id: c.node.name for c in parent.children.all()} == {ve.pk: name for name, ve in ves.items()}
+    local_engine = Engine(vz_root)
+    assert local_engine.is_running(ves[LOCAL].ctid) and not local_engine.exists(ves[NODE2].ctid)
+    assert running_on_node2(panel.node, ves[NODE2].ctid)
+
+    # A class-wide action reaches both nodes.
+    task, skipped = classes.class_action(teacher, course, "stop")
+    assert not skipped
+    task = wait_task(task, timeout=180)
+    assert task.status == "completed", (task.error, [(c.status, c.error) for c in task.children.all()])
+    assert {c.node.name for c in task.children.all()} == {LOCAL, NODE2}
+    assert not local_engine.is_running(ves[LOCAL].ctid) and not running_on_node2(panel.node, ves[NODE2].ctid)
+    for ve in ves.values():
+        ve.refresh_from_db()
+        assert ve.status == "stopped"

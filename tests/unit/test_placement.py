@@ -44,3 +44,32 @@ def test_when_nothing_fits_the_error_says_why_for_each_node():
         pick([node("b"), node("a", alive=False)], "gentoo", 512)
     with pytest.raises(PlacementError, match="no nodes"):
         pick([], "tiny", 512)
+
+
+def test_disk_and_ipv6_are_checked_and_what_a_node_does_not_report_or_pool_is_not_held_against_it():
+    from vzpanel.nodes.placement import Need
+
+    need = Need("tiny", 512, addresses=1, addresses_v6=1, disk_mb=5120)
+    small_disk = Candidate("a", 8192, templates=T, free_addresses=5, free_v6=5, disk_free_mb=4096)
+    no_v6 = Candidate("b", 8192, templates=T, free_addresses=5, free_v6=0)
+    unreported = Candidate("c", 8192, committed_mb=4096, templates=T, free_addresses=None, free_v6=None)
+    assert pick([small_disk, no_v6, unreported], need).name == "c"
+    with pytest.raises(PlacementError, match="a: not enough disk; b: no free IPv6 address"):
+        pick([small_disk, no_v6], need)
+
+
+def test_a_down_agent_refuses_only_when_asked_to():
+    from vzpanel.nodes.placement import Need
+
+    down = Candidate("only", 8192, alive=False, templates=T)
+    assert pick([down], Need("tiny", 512, need_alive=False)).name == "only"
+    with pytest.raises(PlacementError, match="only: agent down") as refused:
+        pick([down], Need("tiny", 512))
+    assert refused.value.why == "only: agent down"
+
+
+def test_naming_a_node_that_does_not_exist_is_its_own_error():
+    from vzpanel.nodes.placement import NoSuchNode
+
+    with pytest.raises(NoSuchNode):
+        pick([node("a")], "tiny", 512, named="b")

@@ -54,12 +54,31 @@ class VESerializer(serializers.ModelSerializer):
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
     node = serializers.SlugRelatedField(slug_field="name", read_only=True)
     busy = serializers.BooleanField(read_only=True, default=False)
+    status = serializers.SerializerMethodField(
+        help_text='the VE\'s state; "unknown" while its node does not answer (status_why says why)')
+    stored_status = serializers.CharField(source="status", read_only=True,
+                                          help_text="the state the node last reported")
+    status_why = serializers.SerializerMethodField(help_text='why the state is "unknown", else empty')
 
     class Meta:
         model = VE
-        fields = ["ctid", "hostname", "status", "ostemplate", "owner", "node", "ip_addresses", "nproc",
-                  "limits", "usage", "usage_at", "busy", "created_at", "updated_at"]
+        fields = ["ctid", "hostname", "status", "stored_status", "status_why", "ostemplate", "owner", "node",
+                  "ip_addresses", "nproc", "limits", "usage", "usage_at", "busy", "created_at", "updated_at"]
         read_only_fields = fields
+
+    @staticmethod
+    def _marked(ve):
+        if not hasattr(ve, "shown_status"):  # a list marks its whole page at once (one Redis round trip)
+            from vzpanel.ves import nodestate
+
+            nodestate.mark([ve])
+        return ve
+
+    def get_status(self, ve) -> str:
+        return self._marked(ve).shown_status
+
+    def get_status_why(self, ve) -> str:
+        return self._marked(ve).unknown_why
 
 
 class VECreateSerializer(serializers.Serializer):
@@ -70,6 +89,10 @@ class VECreateSerializer(serializers.Serializer):
                                           help_text="8 to 128 characters, no control characters; default: none")
     start = serializers.BooleanField(required=False, default=True)
     owner = UsernameField(required=False, allow_null=True, default=None, help_text="admins only; default: you")
+    node = serializers.RegexField(r"^[a-z0-9][a-z0-9-]{0,62}$", required=False, allow_null=True, default=None,
+                                  help_text="admins only; default: the node the placement policy picks",
+                                  error_messages={"invalid": "A node name is lower-case letters, digits and "
+                                                             "hyphens (63 at most)."})
 
 
 class HostnameSerializer(serializers.Serializer):

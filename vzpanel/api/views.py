@@ -18,7 +18,7 @@ from vzpanel.nodes.models import Node
 from vzpanel.resellers import services as resellers
 from vzpanel.tasks.models import Task
 from vzpanel.tasks.views import TaskFilterForm
-from vzpanel.ves import services
+from vzpanel.ves import nodestate, services
 from vzpanel.ves.access import get_task_or_404, visible_backups, visible_tasks, visible_ves
 from vzpanel.ves.forms import VEFilterForm
 from vzpanel.ves.models import Backup
@@ -152,7 +152,7 @@ class VEViewSet(VEFromPath, viewsets.ViewSet):
             busy=Exists(Task.objects.filter(ve=OuterRef("pk"), status__in=Task.ACTIVE)))
         ves = filtered(VEFilterForm, request, ves)
         paginator = self.pagination_class()
-        page = paginator.paginate_queryset(ves, request, view=self)
+        page = nodestate.mark(paginator.paginate_queryset(ves, request, view=self))  # one Redis round trip
         return paginator.get_paginated_response(s.VESerializer(page, many=True).data)
 
     @extend_schema(responses=s.VESerializer, description=f"Show one VE. {ON_A_VE}")

@@ -1,5 +1,5 @@
-"""Work on many student VEs: one parent Task with a child Task per VE, queued as one job for the node agent
-(`vzpanel.classroom.jobs.run_bulk` runs the children)."""
+"""Work on many student VEs: one parent Task with a child Task per VE, queued as one job per node on that
+node's queue (`vzpanel.classroom.jobs.run_bulk` runs the children; the last to end closes the parent)."""
 
 from __future__ import annotations
 
@@ -49,20 +49,21 @@ def queue_bulk(user, course: Course, parent_action: str | None, items, *, reques
             Task.objects.filter(pk=parent.pk).update(status=Task.Status.RUNNING, finished_at=None,
                                                       message=f"retrying {len(todo)}")
         elif parent_action and (len(todo) > 1 or always_parent):
-            parent = Task.objects.create(ve=None, node=course.node, action=parent_action, user=user, ip=ip,
+            parent = Task.objects.create(ve=None, node=course.home_node, action=parent_action, user=user, ip=ip,
                                          params={"course": course.pk, "count": len(todo)},
                                          message=f"0 of {len(todo)} done")
         try:
             with transaction.atomic():
                 children = Task.objects.bulk_create([
-                    Task(ve=ve, node=course.node, action=action, user=user, ip=ip, parent=parent,
+                    Task(ve=ve, node=ve.node, action=action, user=user, ip=ip, parent=parent,
                          params={**params, "course": course.pk, "membership": m.pk})
                     for m, ve, action, params in todo
                 ])
         except IntegrityError:  # a task on one of the VEs was queued meanwhile (one active task per VE)
             raise ActionRefused("Another task was queued on one of these VEs meanwhile; try again.") from None
         if any(c.pk is None for c in children):
-            children = list(Task.objects.filter(ve_id__in=[ve.pk for _, ve, _, _ in todo], status=Task.Status.QUEUED))
+            children = list(Task.objects.filter(ve_id__in=[ve.pk for _, ve, _, _ in todo], status=Task.Status.QUEUED)
+                            .select_related("node", "ve"))
         username = user.get_username() if user is not None else ""
         who = user if user is not None and user.pk else None
         AuditEntry.objects.bulk_create([
@@ -73,9 +74,13 @@ def queue_bulk(user, course: Course, parent_action: str | None, items, *, reques
         if parent is not None and parent_action:
             audit.record(parent_action, user=who, username=username, request=request, task=parent,
                          result="queued", detail=(f"course {course.pk}: {len(children)} VE(s)" + detail)[:500])
-        child_ids = [c.pk for c in children]
         parent_id = parent.pk if parent is not None else None
-        transaction.on_commit(lambda: enqueue_bulk(course.node.name, parent_id, child_ids, at_front=at_front))
+        # each VE's task goes to its own node's queue (a spread course: one job per node)
+        by_node: dict[str, list[int]] = {}
+        for c in children:
+            by_node.setdefault(c.node.name, []).append(c.pk)
+        transaction.on_commit(lambda: [enqueue_bulk(name, parent_id, ids, at_front=at_front)
+                                       for name, ids in by_node.items()])
     return (parent or children[0]), skipped + locked
 
 

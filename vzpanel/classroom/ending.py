@@ -102,12 +102,13 @@ def end_course(user, course: Course, *, archive: bool = True, request=None) -> T
             parent, _ = queue_bulk(user, course, PARENT[ARCHIVE], items, request=request, always_parent=True,
                               detail=", with backups" if archive else ", without backups")
         else:
-            parent = Task.objects.create(ve=None, node=course.node, action=PARENT[ARCHIVE], user=user,
+            parent = Task.objects.create(ve=None, node=course.home_node, action=PARENT[ARCHIVE], user=user,
                                          ip=audit.client_ip(request), params={"course": course.pk, "count": 0})
             audit.record(PARENT[ARCHIVE], user=user, request=request, task=parent, result="queued",
                          detail=f"course {course.pk}: no VEs")
             parent_id = parent.pk
-            transaction.on_commit(lambda: enqueue_bulk(course.node.name, parent_id, []))
+            home = course.home_node.name
+            transaction.on_commit(lambda: enqueue_bulk(home, parent_id, []))
     return parent
 
 

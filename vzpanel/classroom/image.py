@@ -36,6 +36,13 @@ def freeze_image(user, course: Course, ve: VE, *, reset_after: bool = False, kee
         raise InvalidRequest("A student's VE cannot be the golden image; prepare one of your own VEs.")
     if ve.status not in (VE.Status.RUNNING, *ASLEEP):
         raise ActionRefused(f"VE {ve.ctid} is {ve.status}; it cannot be frozen now.")
+    if course.node_id is None:
+        from .services import SPREAD_NEEDS_TEMPLATE
+
+        raise InvalidRequest(SPREAD_NEEDS_TEMPLATE)
+    if ve.node_id != course.node_id:  # the image becomes a template of the VE's node, where the class must be
+        raise InvalidRequest(f"VE {ve.ctid} is on node {ve.node.name}; the course's VEs are on node "
+                             f"{course.node.name}. Prepare the golden image on that node.")
     name = course.template_name(course.image_version + 1)
     params = {"course": course.pk, "name": name, "reset_after": bool(reset_after), "keep_work": bool(keep_work)}
     try:

@@ -18,8 +18,9 @@ import time
 import traceback
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
-from django.db.models import Count, F, Value
+from django.db.models import Count, F, Q, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
@@ -155,8 +156,14 @@ def close_course_parent(parent: Task) -> bool:
 
 
 def close_parent(parent_id: int) -> None:
-    """End a parent task once none of its children is queued or running."""
-    parent = Task.objects.select_related("node", "user").get(pk=parent_id)
+    """End a parent task once none of its children is queued or running (once: a spread class's jobs, one
+    per node, may end at the same moment, and the parent's row lock makes the second see it ended)."""
+    with transaction.atomic():
+        _close_parent(Task.objects.select_for_update(of=("self",)).select_related("node", "user").get(pk=parent_id))
+
+
+def _close_parent(parent: Task) -> None:
+    parent_id = parent.pk
     if parent.status not in Task.ACTIVE or parent.children.filter(status__in=Task.ACTIVE).exists():
         return
     latest = latest_children(parent)
@@ -406,6 +413,8 @@ def student_removed(parent: Task, latest: list[Task]) -> None:
 
 
 def remove_course_images(course: Course) -> None:
+    if course.node_id is None:
+        return  # a spread course has no image of its own (it takes an OS template)
     eng = task_jobs.engine(course.node.name)
     prefix = f"course{course.pk}-v"
     names = [n for n in Template.objects.filter(node=course.node, name__startswith=prefix).values_list("name", flat=True)]
@@ -458,8 +467,11 @@ def tick(node_name: str | None = None, now=None) -> dict:
     counts = {"sampled": 0, "session_start": 0, "session_end": 0, "idle": 0, "closed": 0}
     courses = []
     today = timezone.localdate(now)
-    for course in Course.objects.filter(node=node, status=Course.Status.ACTIVE):
+    # this node's courses, and the spread ones (their students on this node; the panel's own node closes them)
+    for course in Course.objects.filter(Q(node=node) | Q(node__isnull=True), status=Course.Status.ACTIVE):
         if course.ends_on is not None and course.ends_on < today:
+            if course.node_id is None and node.name != settings.VZPANEL_NODE:
+                continue
             try:
                 services.close_course(course, today=today)
                 counts["closed"] += 1
@@ -468,7 +480,7 @@ def tick(node_name: str | None = None, now=None) -> dict:
             continue
         courses.append(course)
     infos = {info.ctid: info for info in eng.list()}
-    members = list(Membership.objects.filter(course__in=courses, role=Membership.Role.STUDENT, ve__isnull=False)
+    members = list(Membership.objects.filter(course__in=courses, role=Membership.Role.STUDENT, ve__node=node)
                    .exclude(ve__status=VE.Status.DESTROYED).select_related("ve", "course", "user"))
     busy = set(Task.objects.filter(status__in=Task.ACTIVE, ve_id__in=[m.ve_id for m in members])
                .values_list("ve_id", flat=True))

@@ -52,7 +52,10 @@ class Course(models.Model):
 
     name = models.CharField(max_length=100)
     teacher = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="courses_taught")
-    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="courses")
+    # The node all its students' VEs go to; empty: spread, each student's VE where the placement policy puts it
+    # (vzpanel.nodes.place). A golden image frozen from a VE lives on that VE's node, so it needs one node.
+    node = models.ForeignKey("nodes.Node", null=True, blank=True, on_delete=models.PROTECT, related_name="courses",
+                             help_text="where its students' VEs go; empty: spread over the nodes")
     plan = models.ForeignKey("plans.Plan", null=True, blank=True, on_delete=models.PROTECT, related_name="courses",
                              help_text="resources of each student's VE")
     # The golden image: every student VE is built from `ostemplate`; a frozen VE becomes a local template.
@@ -86,6 +89,13 @@ class Course(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def home_node(self):
+        """The node its class-wide tasks are filed under: its own, or the panel's for a spread course."""
+        from vzpanel.nodes.models import Node
+
+        return self.node if self.node_id else Node.local()
 
     @property
     def is_active(self) -> bool:

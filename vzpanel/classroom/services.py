@@ -82,12 +82,23 @@ def _check_teacher(user, teacher):
 
 
 def create_course(user, *, name: str, ostemplate: str = "", image_ve=None, teacher=None, plan=None,
-                  request=None, **fields) -> Course:
-    """Create a course; a golden image from a VE is frozen in the background (see freeze_image)."""
+                  spread: bool = False, node: Node | None = None, request=None, **fields) -> Course:
+    """Create a course; a golden image from a VE is frozen in the background (see freeze_image).
+
+    spread: its students' VEs go where the placement policy puts each (over several nodes), instead of all
+    on one node: the panel's own, or node (admins only), or the golden image VE's. A golden image frozen from
+    a VE is a template of that VE's node only (nodes share no templates but the engine's own recipes), so a
+    spread course takes an OS template.
+    """
     if not (user.is_panel_admin or user.role == user.Role.TEACHER):
         raise InvalidRequest("Only teachers and admins create courses.")
     teacher = _check_teacher(user, teacher)
-    node = Node.local()
+    if spread and image_ve is not None:
+        raise InvalidRequest(SPREAD_NEEDS_TEMPLATE)
+    if node is not None and (spread or not user.is_panel_admin):
+        raise InvalidRequest("Only admins name a course's node, and a spread course has none.")
+    # a golden image frozen from a VE is a template of that VE's node: the course's VEs go there
+    node = None if spread else node or (image_ve.node if image_ve is not None else Node.local())
     if image_ve is None:
         if not ostemplate:
             raise InvalidRequest("Choose the golden image: an OS template or one of your VEs.")
@@ -275,11 +286,16 @@ def _provision(user, course: Course, memberships, *, request, parent) -> Task:
         plan = course.plan
         limits = plan.limits() if plan else {}
         first = next_ctid()
-        ves = VE.objects.bulk_create([
-            VE(ctid=first + i, node=course.node, owner=m.user, hostname=hostname_for(m, course),
-               ostemplate=course.ostemplate, status=VE.Status.CREATING, limits=limits)
-            for i, m in enumerate(members)
-        ])
+        rows = [VE(ctid=first + i, node=course.node, owner=m.user, hostname=hostname_for(m, course),
+                   ostemplate=course.ostemplate, status=VE.Status.CREATING, limits=limits)
+                for i, m in enumerate(members)]
+        if course.node_id:
+            ves = VE.objects.bulk_create(rows)
+        else:  # spread: one row at a time, so that each placement counts the VEs placed before it
+            ves = []
+            for m, row in zip(members, rows, strict=True):
+                row.node = student_node(course, m, plan)
+                ves += VE.objects.bulk_create([row])
         if any(v.pk is None for v in ves):
             ves = list(VE.objects.live().filter(ctid__gte=first, ctid__lt=first + len(members)).order_by("ctid"))
         items = []
@@ -291,6 +307,22 @@ def _provision(user, course: Course, memberships, *, request, parent) -> Task:
         task, _ = queue_bulk(user, course, PARENT[PROVISION], items, request=request, parent=parent,
                         always_parent=True, detail=f", image {course.ostemplate}")
     return parent or task
+
+
+SPREAD_NEEDS_TEMPLATE = ("A course spread over several nodes takes an OS template every node has: a golden image "
+                         "frozen from a VE exists on that VE's node only. Choose a template, or keep the course "
+                         "on one node.")
+
+
+def student_node(course: Course, membership, plan) -> Node:
+    """The node a spread course's student VE goes to: the placement policy's choice (vzpanel.nodes.place)."""
+    from vzpanel.nodes import place
+
+    try:
+        return place.choose_node(membership.user, course.ostemplate, plan)
+    except place.PlacementError as exc:
+        raise ActionRefused(f"No node can take the VE of {membership.name} now ({exc.why}); nothing was created. "
+                            "Ask an admin to free room, add a node or push the template.") from exc
 
 
 def _targets(course: Course, action: str, memberships):

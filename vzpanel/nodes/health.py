@@ -24,6 +24,7 @@ def record_pool(node, eng, redis) -> dict | None:
         return None
     before = redis.get(_key(node.name))
     redis.set(_key(node.name), json.dumps(info), ex=TTL)
+    record_capacity(node, info)
     was_ok = json.loads(before).get("quota_enforced", True) if before else True
     if was_ok != info.get("quota_enforced", True):
         if info.get("quota_enforced", True):
@@ -32,6 +33,17 @@ def record_pool(node, eng, redis) -> dict | None:
             audit.record("node.pool", result="failed", detail=(
                 f"node {node.name}: disk quotas are NOT enforced: {info.get('quota_problem') or 'see vzctl pool info'}"))
     return info
+
+
+def record_capacity(node, info: dict) -> None:
+    """Keep the CPUs and memory node's agent reported (Node.cpus, Node.ram_mb: what placement and the node
+    pages count against, instead of assuming the panel's own machine)."""
+    limits = {"cpus": 32767, "ram_mb": 2**31 - 1}
+    got = {k: info[k] for k in limits if isinstance(info.get(k), int) and 0 < info[k] <= limits[k]}
+    if got and any(getattr(node, k) != v for k, v in got.items()):
+        type(node).objects.filter(pk=node.pk).update(**got)
+        for k, v in got.items():
+            setattr(node, k, v)
 
 
 def pool_warnings(node_names, redis) -> list[str]:

@@ -23,18 +23,19 @@ class Node(models.Model):
     """A hardware node running vzengine and a node agent on queue `node:<name>`."""
 
     # The node agent's own rule (vzpanel.agent.protocol.NODE_RE): a name it refuses could never have an agent.
-    # "templates" is the templates page's path under /nodes/.
+    # "templates" and "add" are the templates and Add node pages' paths under /nodes/ (join.RESERVED).
     name = models.CharField(
         max_length=63, unique=True,
-        validators=[RegexValidator(r"^(?!templates$)[a-z0-9][a-z0-9-]{0,62}$",
+        validators=[RegexValidator(r"^(?!(templates|add)$)[a-z0-9][a-z0-9-]{0,62}$",
                                    "Lower-case letters, digits and hyphens, starting with a letter or digit; "
-                                   "not \"templates\".")],
+                                   "not \"templates\" or \"add\".")],
     )
     description = models.CharField(max_length=200, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True, help_text="last reconcile")
     # What the node has (its agent reports it); empty: not reported, the panel's own machine is assumed.
     cpus = models.PositiveSmallIntegerField("CPUs", null=True, blank=True, help_text="CPUs of the node")
     ram_mb = models.PositiveIntegerField("RAM (MB)", null=True, blank=True, help_text="memory of the node")
+    maintenance = models.BooleanField(default=False, help_text="in maintenance: no new VEs are placed here")
 
     class Meta:
         ordering = ["name"]

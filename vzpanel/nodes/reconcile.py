@@ -5,10 +5,12 @@ import logging
 from django.utils import timezone
 
 from vzpanel.audit import log as audit
-from vzpanel.tasks.jobs import after_reconcile, engine, mark_destroyed, publish_ve
+from vzpanel.tasks.jobs import engine
 from vzpanel.tasks.models import Task
 from vzpanel.tasks.queue import get_redis
 from vzpanel.ves.models import VE
+from vzpanel.ves.storage_jobs import after_reconcile
+from vzpanel.ves.sync import mark_destroyed, publish_ve
 
 from .health import record_pool
 from .models import Node, Template

@@ -84,6 +84,15 @@ class NodeStatus:
         return "up" if self.up else "down"
 
     @property
+    def waiting_to_join(self) -> bool:
+        """Whether this is a node added to the panel whose agent has never connected (not the panel's own)."""
+        return not self.up and self.last_seen_at is None and self.node.name != settings.VZPANEL_NODE
+
+    @property
+    def maintenance(self) -> bool:
+        return bool(getattr(self.node, "maintenance", False))
+
+    @property
     def reconcile_late(self) -> bool:
         """Whether the agent answers but no reconcile stored its VEs for three intervals (workers stopped?)."""
         limit = timedelta(seconds=3 * settings.RECONCILE_INTERVAL + 30)

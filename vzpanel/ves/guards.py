@@ -13,6 +13,10 @@ from .models import VE
 def new_task(user, ve: VE, action: str, params: dict, ip: str | None, audit_detail: str = "", request=None):
     """Make ve's Task for action (refused when ve is locked or busy) and audit it; the caller enqueues it."""
     why = refuse_if_locked(user, ve, action)  # every task of a VE is made here: hosting and firewall ones too
+    if not why:  # a node that stopped answering would never run it (vzpanel.ves.nodestate says why)
+        from .nodestate import refusal
+
+        why = refusal(ve)
     if why:
         raise ActionRefused(why)
     ip = ip or audit.client_ip(request)

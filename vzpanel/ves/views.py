@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 from vzpanel.core.decorators import admin_required, is_htmx
 from vzpanel.tasks.models import Task
 
-from . import services
+from . import nodestate, services
 from .access import get_ve_or_404, visible_ves
 from .forms import (
     BulkForm,
@@ -60,6 +60,7 @@ def ve_list(request):
         ves = form.apply(ves)
         per_page = form.cleaned_data.get("per_page") or 50
     page = Paginator(ves, per_page).get_page(request.GET.get("page"))
+    page.object_list = nodestate.mark(page.object_list)  # "unknown" where the node does not answer (one round trip)
     context = {"form": form, "page": page, "sort": request.GET.get("sort", "ctid")}
     if not request.user.is_panel_admin and not is_htmx(request):
         context["create_refused"] = create_refusal(request.user)
@@ -96,7 +97,10 @@ def form_ids(name: str) -> str:
 
 
 def detail_context(request, ve, **forms):
+    nodestate.mark([ve])
+    node_refusal = nodestate.refusal(ve)  # a node that stopped answering: every action is refused
     context = {
+        "node_refusal": node_refusal,
         "ve": ve,
         "tasks": ve.tasks.select_related("user")[:10],
         "active_task": ve.tasks.filter(status__in=Task.ACTIVE).first(),
@@ -104,7 +108,7 @@ def detail_context(request, ve, **forms):
         "password_form": PasswordForm(auto_id=form_ids("password_form")),
         "reinstall_form": ReinstallForm(ve=ve, auto_id=form_ids("reinstall_form")),
         "destroy_form": DestroyForm(ve=ve, auto_id=form_ids("destroy_form")),
-        "allowed": {a: ve.status in s for a, s in services.ALLOWED_FROM.items()},
+        "allowed": {a: ve.status in s and not node_refusal for a, s in services.ALLOWED_FROM.items()},
         "usage": usage_summary(ve),
         **limits_context(ve),
     }

@@ -16,12 +16,18 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.db.models import ProtectedError
 
-from vzpanel.nodes.join import JoinError, agent_command, check_name, secret_path
+from vzpanel.nodes.join import (
+    JoinError,
+    agent_url,
+    check_name,
+    join_steps,
+    joins_dir,
+    secret_path,
+    withdraw_join,
+)
 from vzpanel.nodes.management.commands.serve import secret_file
 from vzpanel.nodes.models import Node
 from vzpanel.ves.models import VE
-
-CA_ON_NODE = "/etc/vzpanel/panel-redis.pem"  # the panel Redis's certificate, copied to the node
 
 
 class Command(BaseCommand):
@@ -56,16 +62,11 @@ class Command(BaseCommand):
         secrets_dir = self.secrets_dir()
         created = self.as_web_user("register", name)
         password = secret_file(secret_path(secrets_dir, name), os.geteuid(), os.getegid(), 0o600)
-        url = f"redis://agent-{name}:{password}@{redis_host}:{redis_port}/0"
-        if not no_tls:
-            url = f"rediss://agent-{name}:{password}@{redis_host}:{redis_port}/0?ssl_ca_certs={CA_ON_NODE}"
+        url = agent_url(name, password, redis_host, redis_port, tls=not no_tls)
         self.stdout.write(f"node {name} {'added' if created else 'already known; its credentials are unchanged'}")
-        self.stdout.write("restart `manage.py serve` so its Redis knows the node's user, then run on the new host "
-                          "(as root, in a checkout of vzpanel):")
-        if not no_tls:
-            self.stdout.write(f"copy {Path(settings.STATE_DIR) / 'redis-tls' / 'cert.pem'} from the panel "
-                              f"to {CA_ON_NODE} on the new host, then")
-        self.stdout.write(agent_command(name, url, vz_root))
+        for line in join_steps(name, url, tls=not no_tls, vz_root=vz_root,
+                               cert_path=Path(settings.STATE_DIR) / "redis-tls" / "cert.pem"):
+            self.stdout.write(line)
 
     def remove(self, name, **_):
         if name == settings.VZPANEL_NODE:
@@ -110,4 +111,8 @@ class Command(BaseCommand):
                 node.delete()
             except ProtectedError as exc:
                 raise CommandError(f"node {name} keeps the records of destroyed VEs; it stays") from exc
+            try:  # the join request the Add node page left, if any; last, so a refusal rolls the rest back
+                withdraw_join(joins_dir(settings.STATE_DIR), name)
+            except OSError as exc:
+                raise CommandError(f"cannot remove node {name}'s join request: {exc}; nothing was changed") from exc
         return True

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from vzpanel.core import tls
-from vzpanel.nodes.join import agent_acl_line, joined_nodes, secret_path
+from vzpanel.nodes.join import agent_acl_line, join_requests, joined_nodes, joins_dir, secret_path
 
 REDIS_USER = "vzpanel-redis"
 STOP_GRACE = 5.0  # seconds each process gets after SIGTERM before it is stopped harder
@@ -98,9 +98,12 @@ class Command(BaseCommand):
                 web_env.update(VZPANEL_TLS="1", VZPANEL_HTTPS_PORT=str(port))
                 scheme = "https"
             self.start("web", [sys.executable, "-m", "daphne", *[a for e in endpoints for a in ("-e", e)],
-                               "vzpanel.asgi:application"], web_env, web_user=True)
+                               "vzpanel.asgi:application"], {**web_env, "VZPANEL_DB_POOL": "1"}, web_user=True)
             for i in range(1, settings.TASK_WORKERS + 1):
+                # Each worker serves every node's queue and follows nodes joining while it runs
+                # (vzpanel.tasks.nodeworker): a job reaches its node through that node's agent.
                 self.start(f"worker{i}", [sys.executable, str(settings.BASE_DIR / "manage.py"), "rqworker",
+                                          "--worker-class", "vzpanel.tasks.nodeworker.NodesWorker",
                                           f"node:{settings.VZPANEL_NODE}", "--name",
                                           f"worker-{settings.VZPANEL_NODE}-{os.getpid()}-{i}",
                                           # RQ's scheduler runs jobs queued for later (webhook retries); one
@@ -264,11 +267,14 @@ class Command(BaseCommand):
                 "agent": f"unix://agent-{node}:{self.redis_pass['agent']}@{sock}"}
 
     def joined_node_acls(self, local: str) -> list[str]:
-        """ACL users of the nodes `manage.py node add` joined: each reaches its own keys only."""
+        """ACL users of the nodes `manage.py node add` joined, then of those the Add node page left join
+        requests for (root's secret wins; never the panel's own node): each reaches its own keys only."""
         secrets_dir = self.state / "secrets"
-        return [agent_acl_line(name, sha256(secret_file(secret_path(secrets_dir, name), os.geteuid(),
-                                                        os.getegid(), 0o600)))
-                for name in joined_nodes(secrets_dir) if name != local]
+        names = [name for name in joined_nodes(secrets_dir) if name != local]
+        lines = [agent_acl_line(name, sha256(secret_file(secret_path(secrets_dir, name), os.geteuid(),
+                                                         os.getegid(), 0o600))) for name in names]
+        return lines + [agent_acl_line(name, digest) for name, digest in join_requests(joins_dir(self.state)).items()
+                        if name != local and name not in names]
 
     def redis_listen_lines(self) -> list[str]:
         """With --redis-listen ADDRESS:PORT, Redis also listens there (over TLS unless --no-tls) for remote nodes."""
@@ -389,6 +395,8 @@ class Command(BaseCommand):
         import redis as redis_py
         from rq import Queue
 
+        from vzpanel.tasks import periodic as rounds
+
         queue = Queue(f"node:{settings.VZPANEL_NODE}", connection=redis_py.Redis.from_url(redis_url))
         next_reconcile = 0.0
         periodic: list = []  # the last reconcile and tick jobs: a new round waits until they have run
@@ -400,30 +408,23 @@ class Command(BaseCommand):
                     self.say(f"{name} (pid {proc.pid}) exited with status {proc.returncode}; stopping")
                     return
             now = time.monotonic()
+            # Every node's rounds: its own queued here, the other nodes' by one job that lists them
+            # (vzpanel.tasks.periodic; this process never opens the database).
             if now >= next_reconcile and not self.still_pending(periodic):
                 next_reconcile = now + settings.RECONCILE_INTERVAL
-                try:
-                    periodic = [
-                        queue.enqueue("vzpanel.nodes.reconcile.reconcile_node", settings.VZPANEL_NODE,
-                                      result_ttl=0, failure_ttl=3600, job_timeout=300, description="reconcile"),
-                        # the classroom tick: lab schedules and the idle policy
-                        queue.enqueue("vzpanel.classroom.jobs.tick", settings.VZPANEL_NODE, result_ttl=0,
-                                      failure_ttl=3600, job_timeout=300, description="classroom tick"),
-                        # monthly traffic: every VE's counters in one agent call, quotas (vzpanel/traffic)
-                        queue.enqueue("vzpanel.traffic.jobs.meter_node", settings.VZPANEL_NODE, result_ttl=0,
-                                      failure_ttl=3600, job_timeout=300, description="traffic"),
-                        # alerts: after the reconcile stored the VEs' states and usage (vzpanel/alerts)
-                        queue.enqueue("vzpanel.alerts.services.evaluate", settings.VZPANEL_NODE, result_ttl=0,
-                                      failure_ttl=3600, job_timeout=300, description="alerts"),
-                    ]
+                try:  # reconcile, the classroom tick, traffic, then alerts (after the states are stored)
+                    periodic = [*rounds.enqueue_round(queue, "reconcile", settings.VZPANEL_NODE),
+                                queue.enqueue(rounds.fan_out, "reconcile", settings.VZPANEL_NODE, result_ttl=0,
+                                              failure_ttl=3600, job_timeout=120, description="other nodes' reconcile")]
                 except Exception as exc:
                     self.say(f"could not queue reconcile: {exc}")
             if now >= next_metrics and not self.still_pending(metrics_job):
                 next_metrics = now + settings.METRICS_INTERVAL
-                try:  # at the front: a sample is tiny and must not wait behind a queue of tasks
-                    metrics_job = [queue.enqueue("vzpanel.metrics.jobs.collect", settings.VZPANEL_NODE, result_ttl=0,
+                try:  # usage samples for the graphs (vzpanel/metrics), at the front of the queue
+                    metrics_job = [*rounds.enqueue_round(queue, "metrics", settings.VZPANEL_NODE),
+                                   queue.enqueue(rounds.fan_out, "metrics", settings.VZPANEL_NODE, result_ttl=0,
                                                  failure_ttl=600, job_timeout=60, at_front=True,
-                                                 description="usage sample")]
+                                                 description="other nodes' usage samples")]
                 except Exception as exc:
                     self.say(f"could not queue the usage sample: {exc}")
             if now >= next_status:
