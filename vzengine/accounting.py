@@ -13,7 +13,7 @@ import struct
 import uuid
 from pathlib import Path
 
-from . import cgroups
+from . import btrfs, cgroups
 from .cgroups import flat_keyed, read_fast
 from .layout import Layout
 
@@ -97,7 +97,7 @@ def _sum_v1_blkio(text: str | None) -> tuple[int | None, int | None]:
 def _sum_v2_io(text: str | None) -> dict[str, int | None]:
     if text is None:
         return dict.fromkeys(("rbytes", "wbytes", "rios", "wios"))
-    out = {"rbytes": 0, "wbytes": 0, "rios": 0, "wios": 0}
+    out: dict[str, int | None] = {"rbytes": 0, "wbytes": 0, "rios": 0, "wios": 0}
     for line in (text or "").splitlines():
         for item in line.split()[1:]:
             key, _, value = item.partition("=")
@@ -149,9 +149,11 @@ def quota_state(pool: Path) -> dict:
     ``consistent`` is False when the kernel marked the qgroup data inconsistent: it then stops
     counting writes, so no limit holds until a rescan (StorageBtrfs.check_quota runs one). It is
     None where the kernel has no ``qgroups/inconsistent`` file (before 6.1) or quota is off.
+    ``mode`` is "qgroup" (full qgroups), "squota" (simple quotas) or None when quota is off.
     """
     fsid = btrfs_fsid(pool)
-    out: dict = {"btrfs": fsid is not None, "enabled": False, "consistent": None, "override": False}
+    out: dict = {"btrfs": fsid is not None, "enabled": False, "consistent": None, "override": False,
+                 "mode": None}
     if fsid is None:
         return out
     base = Path("/sys/fs/btrfs") / fsid
@@ -160,6 +162,8 @@ def quota_state(pool: Path) -> dict:
     if not qdir.is_dir():
         return out
     out["enabled"] = (read_fast(f"{qdir}/enabled") or "1").strip() != "0"
+    if out["enabled"]:  # kernels before 6.7 have no mode file: full qgroups are all they know
+        out["mode"] = (read_fast(f"{qdir}/mode") or "qgroup").strip()
     flag = read_fast(f"{qdir}/inconsistent")
     if flag is not None and out["enabled"]:
         out["consistent"] = flag.strip() == "0"
@@ -186,13 +190,38 @@ def disk_usage(qdir: Path | None, subvol: Path) -> tuple[int | None, int | None]
     return used, limit
 
 
+def disk_usage_all(pool: Path, subvols: list[Path], ids: dict[Path, int] | None = None,
+                   ) -> dict[Path, tuple[int | None, int | None]]:
+    """disk_usage() of many subvolumes from one quota-tree search instead of a sysfs file each.
+
+    A thousand VEs take about a millisecond this way against 50-300 ms of sysfs reads
+    (docs/storage-design.md). ``ids`` caches subvolume ids (they never change) across calls.
+    Falls back to sysfs when the search fails (no CAP_SYS_ADMIN, quota off).
+    """
+    try:
+        qgroups = btrfs.qgroup_usage_all(pool)
+    except OSError:
+        qdir = qgroups_dir(pool)
+        return {p: disk_usage(qdir, p) for p in subvols}
+    ids = {} if ids is None else ids
+    out: dict[Path, tuple[int | None, int | None]] = {}
+    for p in subvols:
+        sid = ids.get(p)
+        if sid is None and (sid := subvolume_id(p)) is not None:
+            ids[p] = sid
+        out[p] = qgroups.get(sid, (None, None)) if sid is not None else (None, None)
+    return out
+
+
 class UsageReader:
     """Read the usage of the VEs of one engine root, cheaply and repeatedly."""
 
     def __init__(self, layout: Layout, quota: bool = True):
         self.layout = layout
         self.quota = quota
-        self._qdir: Path | bool | None = False  # False: not found yet
+        self._qdir: Path | None = None  # None: not found yet
+        self._ids: dict[Path, int] = {}  # VE root: its subvolume id (fixed for the root's life)
+        self._stamps: dict[Path, tuple[int, int]] = {}  # VE root: (inode, mtime) of its config then
         ver = cgroups.version("memory") or cgroups.version("pids") or 1
         self.version = ver
         files = V1_FILES if ver == 1 else V2_FILES
@@ -205,12 +234,12 @@ class UsageReader:
                 self._files.append((f"{base}/{{rel}}/{name}", key))
 
     def qgroups(self) -> Path | None:
-        if self._qdir is False or self._qdir is None:  # look again while unknown (pool not mounted)
+        if self._qdir is None:  # look again while unknown (pool not mounted)
             found = qgroups_dir(self.layout.pool) if self.quota else None
             if found is None:
                 return None
             self._qdir = found
-        return self._qdir  # type: ignore[return-value]
+        return self._qdir
 
     def quota_consistent(self) -> bool | None:
         """False while the pool's qgroup data is inconsistent (no disk limit holds then)."""
@@ -227,20 +256,51 @@ class UsageReader:
                 break
         return out
 
-    def read(self, ctid: int) -> dict:
-        """Usage of one VE: a flat dict of numbers (None: unknown or unlimited)."""
+    def read(self, ctid: int, disk: tuple[int | None, int | None] | None = None) -> dict:
+        """Usage of one VE: a flat dict of numbers (None: unknown or unlimited).
+
+        ``disk`` is its (used, limit) when read_all() already has it from the quota tree.
+        """
         u = self._from_v1(self.raw(ctid)) if self.version == 1 else self._from_v2(self.raw(ctid))
-        used, limit = disk_usage(self.qgroups(), self.layout.private(ctid))
+        used, limit = disk if disk is not None else disk_usage(self.qgroups(), self.layout.private(ctid))
         u["disk_bytes"], u["disk_limit_bytes"] = used, limit
         u["disk_quota_consistent"] = self.quota_consistent()
         return u
 
     def read_all(self, ctids: list[int] | None = None) -> dict[int, dict]:
-        """Usage of every VE of the root (or of ``ctids``), read in one pass."""
+        """Usage of every VE of the root (or of ``ctids``), read in one pass.
+
+        The disk figures of all VEs come from one quota-tree search, not a sysfs file per VE.
+        """
         if ctids is None:
             ctids = sorted(int(p.name[:-5]) for p in os.scandir(self.layout.confdir)
                            if p.name.endswith(".conf") and p.name[:-5].isdigit())
-        return {ctid: self.read(ctid) for ctid in ctids}
+        disk: dict[Path, tuple[int | None, int | None]] = {}
+        if self.qgroups() is not None and ctids:
+            paths = [self.layout.private(ctid) for ctid in ctids]
+            self._forget_changed_ids(ctids)
+            disk = disk_usage_all(self.layout.pool, paths, self._ids)
+        return {ctid: self.read(ctid, disk.get(self.layout.private(ctid))) for ctid in ctids}
+
+    def _forget_changed_ids(self, ctids: list[int]) -> None:
+        """Drop cached subvolume ids of VEs whose config changed: destroyed and made again, maybe.
+
+        A config's stat costs no open; a changed one just means one more id lookup.
+        """
+        for ctid in ctids:
+            root = self.layout.private(ctid)
+            try:
+                st = os.stat(self.layout.conf(ctid))
+                stamp = (st.st_ino, st.st_mtime_ns)
+            except OSError:
+                stamp = (0, 0)
+            if self._stamps.get(root) != stamp:
+                self._stamps[root] = stamp
+                self._ids.pop(root, None)
+        live = {self.layout.private(ctid) for ctid in ctids}
+        for gone in set(self._stamps) - live:
+            del self._stamps[gone]
+            self._ids.pop(gone, None)
 
     @staticmethod
     def _from_v1(r: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -13,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import accounting, seccomp, validate
+from . import accounting, btrfs, seccomp, validate
 from .errors import CommandFailed, InvalidInput, Unsupported
 from .layout import Layout
 from .run import run
@@ -92,6 +93,10 @@ class Storage:
         """Limit a volume to ``limit`` bytes (None: no limit)."""
         raise Unsupported(f"the {self.kind} backend has no disk quota")
 
+    def quota_mode(self) -> str | None:
+        """How the pool counts disk use: "squota" (simple quotas), "qgroup" (full qgroups) or None."""
+        return None
+
     def sync(self, path: Path | None = None) -> None:
         """Commit pending writes so that the usage numbers are current."""
 
@@ -124,6 +129,9 @@ class Storage:
             "size_bytes": st.f_blocks * st.f_frsize,
             "free_bytes": st.f_bavail * st.f_frsize,
             "quota_enabled": False,
+            "quota_mode": None,
+            "quota_fallback": None,
+            "stale_qgroups": 0,
             "quota_consistent": None,
             "quota_enforced": False,
             "quota_problem": "this backend has no disk quota",
@@ -181,6 +189,7 @@ class BtrfsStorage(Storage):
         img, pool = self.layout.pool_image, self.layout.pool
         created = False
         if not img.exists():
+            self._wanted_quota()  # bad input stops here, before anything is made
             with open(img, "wb") as f:
                 f.truncate(self.layout.pool_size)
             created = True
@@ -194,9 +203,46 @@ class BtrfsStorage(Storage):
                 img.unlink(missing_ok=True)
             raise
         if created:
+            try:
+                self._enable_quota()
+            except Exception:
+                run(["umount", str(pool)], check=False, what="unmount the half-made pool")
+                img.unlink(missing_ok=True)
+                raise
+
+    def _enable_quota(self) -> None:
+        """Turn quota on in a new, empty pool: simple quotas where the kernel has them.
+
+        Simple quotas (kernel 6.7+) charge each extent to the subvolume that allocated it, so
+        a commit's cost does not grow with the number of VEs sharing a template, as it does
+        under full qgroups (docs/storage-design.md). They count only what is written after
+        they are on, hence before any template is imported; an existing pool is never switched.
+        POOL_QUOTA="full" in vz.conf asks for full qgroups (for comparison and old kernels).
+        """
+        pool = self.layout.pool
+        wanted = self._wanted_quota()
+        reason = None
+        if wanted == "simple" and not btrfs.simple_quota_supported():
+            reason = "this kernel has no btrfs simple quotas (6.7+)"
+            log.warning("pool %s: %s: using full qgroups, which slow every create as VEs add up", pool, reason)
+        if wanted == "simple" and reason is None:
+            try:
+                btrfs.quota_ctl(pool, btrfs.QUOTA_CTL_ENABLE_SIMPLE)
+            except OSError as e:
+                raise CommandFailed(f"enable simple quotas on the pool: {e.strerror or e}") from e
+        else:
             run(["btrfs", "quota", "enable", str(pool)], what="enable quota on the pool")
             # Enabling starts a rescan, and until it ends the qgroup data reads as inconsistent.
             run(["btrfs", "quota", "rescan", "-W", str(pool)], what="wait for the first qgroup rescan")
+        record = self._read_record()
+        record.update(quota_mode_chosen=accounting.quota_state(pool)["mode"], quota_fallback=reason)
+        self._write_record(record)
+
+    def _wanted_quota(self) -> str:
+        wanted = self.layout.settings.get("POOL_QUOTA", "simple")
+        if wanted not in ("simple", "full"):
+            raise InvalidInput(f"POOL_QUOTA={wanted!r} in vz.conf: use simple or full")
+        return wanted
 
     def teardown(self) -> None:
         if self.loop and self.is_mounted():
@@ -224,9 +270,11 @@ class BtrfsStorage(Storage):
         return out.split(":", 1)[0]
 
     def create(self, path: Path) -> None:
+        self.clean_stale_qgroups()
         run(["btrfs", "-q", "subvolume", "create", str(path)], what=f"create subvolume {path.name}")
 
     def clone(self, src: Path, dst: Path, readonly: bool = False) -> None:
+        self.clean_stale_qgroups()
         cmd = ["btrfs", "-q", "subvolume", "snapshot", *(["-r"] if readonly else []), str(src), str(dst)]
         run(cmd, what=f"snapshot {src.name}")
 
@@ -240,8 +288,10 @@ class BtrfsStorage(Storage):
         if not self.is_subvolume(path):
             shutil.rmtree(path)
             return
+        gone = [sid] if (sid := accounting.subvolume_id(path)) is not None else []
         try:
             run(["btrfs", "-q", "subvolume", "delete", str(path)], what=f"delete subvolume {path.name}")
+            self._remember_stale(gone)
             return
         except CommandFailed:
             nested = self._nested_subvolumes(path)
@@ -250,8 +300,89 @@ class BtrfsStorage(Storage):
         # The VE's root made subvolumes of its own inside: delete those first, deepest first.
         for sub in sorted(nested, key=lambda p: -len(p.parts)):
             self.set_readonly(sub, False)
+            sub_id = accounting.subvolume_id(sub)
             run(["btrfs", "-q", "subvolume", "delete", str(sub)], what=f"delete subvolume {sub}")
+            self._remember_stale([sub_id] if sub_id is not None else [])
         run(["btrfs", "-q", "subvolume", "delete", str(path)], what=f"delete subvolume {path.name}")
+        self._remember_stale(gone)
+
+    # --- qgroups of deleted subvolumes ------------------------------------------------------
+    # A deleted subvolume's qgroup stays (``<stale>``) and, under simple quotas, keeps counting
+    # until the cleaner thread has freed its extents; destroying it before returns EBUSY. So
+    # delete only remembers its id, and a later check_quota or create destroys it once it counts
+    # 0 bytes. A live subvolume's qgroup never reads 0 (its root node alone is 16 KiB) and the
+    # kernel refuses to destroy it (EBUSY), so an id reused after a remount is safe as well.
+    @property
+    def _stale_file(self) -> Path:
+        return self.layout.root / "pool-stale-qgroups.json"
+
+    def _read_stale(self) -> list[int]:
+        try:
+            data = json.loads(self._stale_file.read_text())
+        except (OSError, ValueError):
+            return []
+        return [i for i in data if isinstance(i, int)] if isinstance(data, list) else []
+
+    def _write_stale(self, ids: list[int]) -> None:
+        tmp = self._stale_file.with_name(f".{self._stale_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(sorted(set(ids))) + "\n")
+        os.replace(tmp, self._stale_file)
+
+    @contextlib.contextmanager
+    def _stale_lock(self):
+        self.layout.lockdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.layout.lockdir / "stale-qgroups.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _remember_stale(self, ids: list[int]) -> None:
+        """Note qgroups to destroy later; never fails the delete that called it."""
+        if not ids or not self.quota_on():
+            return
+        try:
+            with self._stale_lock():
+                self._write_stale(self._read_stale() + ids)
+        except OSError as e:
+            log.warning("pool %s: cannot note qgroups %s to clean up later: %s", self.layout.pool, ids, e)
+
+    def clean_stale_qgroups(self) -> int:
+        """Destroy the remembered qgroups that count 0 bytes now; return how many went.
+
+        Those still counting (the cleaner is not done, or a snapshot or linked clone still
+        shares their extents, which stay charged to them under simple quotas) stay listed.
+        """
+        if not self._stale_file.exists():
+            return 0
+        try:
+            return self._clean_stale_qgroups()
+        except (OSError, ValueError) as e:  # a cleanup never fails the create or check it runs in
+            log.warning("pool %s: cannot clean up the qgroups of deleted subvolumes: %s", self.layout.pool, e)
+            return 0
+
+    def _clean_stale_qgroups(self) -> int:
+        pool, cleaned = self.layout.pool, 0
+        with self._stale_lock():
+            pending = self._read_stale()
+            usage = btrfs.qgroup_usage_all(pool) if pending else {}
+            keep = []
+            for sid in pending:
+                if sid not in usage:  # gone already: the kernel drops some by itself
+                    continue
+                if usage[sid][0] != 0:
+                    keep.append(sid)
+                    continue
+                try:
+                    btrfs.qgroup_destroy(pool, sid)
+                    cleaned += 1
+                except OSError as e:
+                    if e.errno != errno.ENOENT:  # EBUSY: try again next time
+                        keep.append(sid)
+            if keep != pending:
+                self._write_stale(keep)
+        return cleaned
 
     @staticmethod
     def is_subvolume(path: Path) -> bool:
@@ -309,8 +440,9 @@ class BtrfsStorage(Storage):
         takes a while on a big pool, and holds the pool lock meanwhile, which is the point:
         while the data is inconsistent the kernel counts no writes, so no VE's limit holds.
         """
+        self.clean_stale_qgroups()
         consistent = self.quota_consistent()
-        if consistent is not False:
+        if consistent is not False or self.quota_mode() == "squota":  # squota needs (and allows) no rescan
             return consistent
         record = self._read_record()
         record["inconsistent_seen_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -339,6 +471,8 @@ class BtrfsStorage(Storage):
     def rescan_quota(self) -> None:
         """Recount the pool's qgroups from its extents and wait for the end (joins a rescan under way)."""
         pool = str(self.layout.pool)
+        if self.quota_mode() == "squota":  # simple quotas count as they go; the kernel refuses a rescan
+            return
         proc = run(["btrfs", "quota", "rescan", "-w", pool], check=False, what="rescan the pool's qgroups")
         if proc.returncode != 0:
             if "in progress" not in (proc.stderr + proc.stdout):
@@ -390,6 +524,9 @@ class BtrfsStorage(Storage):
             problem = f"{len(nested)} subvolume(s) inside VEs are outside every VE's quota"
         info.update(
             quota_enabled=state["enabled"],
+            quota_mode=state["mode"],
+            quota_fallback=record.get("quota_fallback"),
+            stale_qgroups=len(self._read_stale()),
             quota_consistent=consistent,
             quota_enforced=state["enabled"] and consistent is not False,
             quota_problem=problem,
@@ -412,8 +549,16 @@ class BtrfsStorage(Storage):
         if not self.quota_on():
             raise Unsupported(f"quota is not enabled on the pool {self.layout.pool}: "
                               f"run 'btrfs quota enable {self.layout.pool}' first")
-        run(["btrfs", "qgroup", "limit", str(limit) if limit else "none", str(path)],
-            what=f"set the disk quota of {path}")
+        if not self.is_subvolume(path):  # the ioctl would limit the subvolume holding it instead
+            raise InvalidInput(f"{path} is not a subvolume: it has no disk quota of its own")
+        try:
+            btrfs.qgroup_limit(path, limit or None)
+        except (OSError, ValueError) as e:
+            why = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e)
+            raise CommandFailed(f"set the disk quota of {path}: {why}") from e
+
+    def quota_mode(self) -> str | None:
+        return accounting.quota_state(self.layout.pool)["mode"]
 
     def sync(self, path: Path | None = None) -> None:
         run(["btrfs", "filesystem", "sync", str(path or self.layout.pool)], what="sync the pool")
@@ -424,6 +569,10 @@ class BtrfsStorage(Storage):
         return space[0] if space else None
 
     def space(self, path: Path) -> tuple[int, int] | None:
+        if self.quota_mode() == "squota":
+            # A simple quota counts what a subvolume allocated, not what its files take: a
+            # snapshot's own qgroup reads ~0. Ask the extents instead (one walk of the tree).
+            return self._du(path)
         try:
             out = run(["btrfs", "qgroup", "show", "-f", "--raw", str(path)], what="read qgroup").stdout
         except CommandFailed:
@@ -432,6 +581,15 @@ class BtrfsStorage(Storage):
             parts = line.split()
             if len(parts) >= 3 and parts[0].startswith("0/") and parts[1].isdigit():
                 return int(parts[1]), int(parts[2])
+        return None
+
+    @staticmethod
+    def _du(path: Path) -> tuple[int, int] | None:
+        """(bytes its files take, bytes only it holds) from ``btrfs filesystem du``, None if unknown."""
+        proc = run(["btrfs", "filesystem", "du", "-s", "--raw", str(path)], check=False, what="measure a volume")
+        parts = proc.stdout.splitlines()[-1].split() if proc.returncode == 0 and proc.stdout.strip() else []
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            return int(parts[0]), int(parts[1])
         return None
 
     def full_copy(self, src: Path, dst: Path) -> None:

@@ -368,6 +368,8 @@ def busy_ve(vz_root):
     eng.create(ctid, "tiny", ram="128M", numproc="100")
     eng.start(ctid, wait_boot=True)
     eng.exec(ctid, "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do setsid sleep 600 </dev/null >/dev/null 2>&1 & done")
+    # 2 MiB of its own: under simple quotas a VE is charged only for what it writes, not its template.
+    eng.exec(ctid, "dd if=/dev/zero of=/root/own bs=1M count=2 conv=fsync status=none")
     yield ctid
     with contextlib.suppress(Exception):
         eng.stop(ctid, fast=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vzengine import Engine
+from vzengine.errors import InvalidInput
 from vzengine.storage import mountpoints
 
 pytestmark = pytest.mark.root
@@ -107,3 +108,31 @@ def test_the_directory_backend_works_without_btrfs(scratch_root):
     assert (r.returncode, r.stdout.strip()) == (0, "plain"), (r.stderr, log.read_text() if log.exists() else "")
     eng.destroy(502)
     assert not private.exists()
+
+
+def test_a_pool_keeps_the_quota_mode_it_was_made_with(scratch_root):
+    (scratch_root / "vz.conf").write_text('POOL_SIZE="1G"\nPOOL_QUOTA="full"\n')
+    eng = Engine(scratch_root)
+    eng.ensure_ready()
+    info = eng.storage.pool_info()
+    assert (info["quota_mode"], info["quota_enforced"]) == ("qgroup", True), info
+    # Asking for simple quotas later does not switch a pool that holds data: it would uncount it all.
+    eng.create(503, "tiny", diskspace="300M")
+    eng.storage.teardown()
+    (scratch_root / "vz.conf").write_text('POOL_SIZE="1G"\n')
+    eng = Engine(scratch_root)
+    eng.ensure_ready()
+    assert eng.storage.pool_info()["quota_mode"] == "qgroup"
+    assert eng.usage(503)["disk_limit_bytes"] == 300 << 20
+    # Under full qgroups the VE's root references its template's files too.
+    assert eng.usage(503)["disk_bytes"] > 1 << 20
+    eng.destroy(503)
+
+
+def test_a_bad_pool_quota_setting_is_refused_before_a_pool_is_made(scratch_root):
+    (scratch_root / "vz.conf").write_text('POOL_SIZE="1G"\nPOOL_QUOTA="fast"\n')
+    eng = Engine(scratch_root)
+    with pytest.raises(InvalidInput, match="POOL_QUOTA='fast'"):
+        eng.ensure_ready()
+    assert not eng.layout.pool_image.exists()
+    assert str(eng.layout.pool) not in mountpoints()

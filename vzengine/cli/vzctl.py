@@ -243,6 +243,7 @@ def print_quota_info(info: dict) -> None:
     else:
         state = "consistent" if info["quota_consistent"] is not False else "INCONSISTENT"
         print(f"quota: on, {state}, " + ("enforced" if info["quota_enforced"] else "NOT ENFORCED"))
+        print(f"quota mode: {info.get('quota_mode')}" + (f" ({info['quota_fallback']})" if info.get("quota_fallback") else ""))
     if info["quota_inconsistent_seen_at"]:
         print(f"quota last found inconsistent at {info['quota_inconsistent_seen_at']}, rescanned at "
               f"{info['quota_rescanned_at']} in {info['quota_rescan_seconds']:g} s"
