@@ -14,7 +14,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from vzpanel.audit.models import AuditEntry
 from vzpanel.audit.views import AuditSearchForm, search
-from vzpanel.nodes.models import Node
+from vzpanel.nodes.models import Template
 from vzpanel.resellers import services as resellers
 from vzpanel.tasks.models import Task
 from vzpanel.tasks.views import TaskFilterForm
@@ -414,7 +414,8 @@ class TaskViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(s.TaskSerializer(task).data)
 
 
-@extend_schema_view(list=extend_schema(description="List the OS templates of this node (any signed-in user)."))
+@extend_schema_view(list=extend_schema(description="List the OS templates of every node, each with its node "
+                                                    "(any signed-in user: those they may use)."))
 class TemplateViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """OS templates a VE can be created from."""
 
@@ -422,7 +423,8 @@ class TemplateViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     pagination_class = None
 
     def get_queryset(self):
-        return Node.local().templates.usable_by(self.request.user).select_related("node")
+        return (Template.objects.usable_by(self.request.user).select_related("node")
+                .order_by("node__name", "name"))
 
 
 class IsPanelAdminOrReseller(permissions.BasePermission):

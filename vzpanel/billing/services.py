@@ -23,7 +23,6 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from vzpanel.audit import log as audit
-from vzpanel.nodes.models import Node
 from vzpanel.plans.models import Plan
 from vzpanel.tasks.models import Task
 from vzpanel.ves import services as ve_services
@@ -246,7 +245,7 @@ def create(user, service, external_id: str, body: dict, request):
     plan = find_plan(body["plan"])
     hostname = ve_services.clean_hostname(body["hostname"]) if body.get("hostname") else ""
     root_password = ve_services.clean_password(body["root_password"]) if body.get("root_password") else ""
-    ve_services.clean_template(Node.local(), body["template"])  # before anything is made
+    ve_services.clean_template(None, body["template"])  # on any node; before anything is made
     customer, password = find_or_make_customer(body["customer"], plan)
     if customer.plan_id != plan.pk:  # the VE is made with its owner's plan (limits, addresses)
         customer.plan = plan

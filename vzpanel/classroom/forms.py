@@ -2,7 +2,6 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from vzpanel.nodes.models import Node
 from vzpanel.plans.models import Plan
 from vzpanel.ves.forms import template_choices
 from vzpanel.ves.models import VE
@@ -48,7 +47,7 @@ class CourseForm(forms.ModelForm):
                                             "re-opens it.")
         if creating:
             self.fields["image"].choices = (
-                [(f"template:{v}", f"Template {label}") for v, label in template_choices(Node.local(), user)]
+                [(f"template:{v}", f"Template {label}") for v, label in template_choices(None, user)]  # any node's
                 + [(f"ve:{pk}", label) for pk, label in own_ve_choices(user)])
             if user.is_panel_admin:
                 self.fields["teacher"].queryset = get_user_model().objects.filter(role="teacher", is_active=True)
