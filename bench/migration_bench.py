@@ -11,6 +11,9 @@ idle VE of the template (sysvinit: it boots in well under a second), each run me
     restart    vzmigrate of the running VE: total time, the downtime vzmigrate reports (stop to
                started and booted on the destination), and the longest gap between answers to a
                ping sent every 10 ms from the destination's namespace to the VE's address
+    live       vzmigrate --online of the running VE (CRIU dump here, resume there): total time, the
+               freeze vzmigrate reports (dump to resumed on the destination) and the longest gap
+               between answers to the same 10 ms pings
     bare       the same steps with the bare tools on the same kind of VE: btrfs send -p | ssh btrfs
                receive of the same increments, and lxc-stop, the last increment, lxc-start and the
                boot check (a VE without network: the floor under vzmigrate's downtime)
@@ -92,9 +95,9 @@ class Bench:
     def dst_destroy(self, ctid: int) -> None:
         self.ns.run([str(REPO / ".venv/bin/vzctl"), "--root", str(self.dst_root), "destroy", str(ctid)], check=False)
 
-    def migrate(self, ctid: int):
+    def migrate(self, ctid: int, online: bool = False):
         return migrate(self.src, f"{ALIAS}:{self.dst_root}", ctid, ssh_config=self.ssh.ssh_config,
-                       remote_command=REMOTE)
+                       remote_command=REMOTE, online=online)
 
     def on_dst(self, line: str, stdin=None, check: bool = True) -> subprocess.CompletedProcess:
         """Run a shell command line on the destination over SSH."""
@@ -119,13 +122,13 @@ class Bench:
         self.dst_destroy(ctid)
         return {"total": res.total_seconds, "bytes": res.bytes_sent, "base_bytes": res.base_bytes}
 
-    def restart(self) -> dict:
+    def restart(self, online: bool = False) -> dict:
         ctid, addr = self.new_ve(start=True)
         pinger = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.ns.netns}", sys.executable, "-c", PINGER,
                                    addr, "0.01"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             time.sleep(1.0)
-            res = self.migrate(ctid)
+            res = self.migrate(ctid, online=online)
             time.sleep(1.0)
         finally:
             out, _ = pinger.communicate("", timeout=30)
@@ -202,6 +205,7 @@ def main() -> int:
             first = bench.offline()  # (sends the template base once)
             offline = [bench.offline() for _ in range(args.runs)]
             restart = [bench.restart() for _ in range(args.runs)]
+            live = [bench.restart(online=True) for _ in range(args.runs)]
             bare = [bench.bare() for _ in range(args.runs)]
     finally:
         src.purge()
@@ -220,7 +224,13 @@ def main() -> int:
           f"  (stop {fmt(med(bare, 'stop'))}, send {fmt(med(bare, 'last_send'))}, start {fmt(med(bare, 'start'))})")
     steps = {k: statistics.median(r["steps"][k] for r in restart) for k in restart[0]["steps"]}
     print("          vzmigrate's steps: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in steps.items()))
-    print("\nraw: " + json.dumps({"offline": offline, "restart": restart, "bare": bare}))
+    print(f"live      total                             {fmt(med(live, 'total'))}"
+          f"   sent {fmt(med(live, 'bytes'), 'b')} (last increment and CRIU images)")
+    print(f"          frozen (vzmigrate: dump to resumed) {fmt(med(live, 'downtime'))}")
+    print(f"          longest ping gap (10 ms pings)    {fmt(med(live, 'ping_gap'))}")
+    steps = {k: statistics.median(r["steps"][k] for r in live) for k in live[0]["steps"]}
+    print("          vzmigrate's steps: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in steps.items()))
+    print("\nraw: " + json.dumps({"offline": offline, "restart": restart, "live": live, "bare": bare}))
     return 0
 
 

@@ -272,15 +272,16 @@ def _du(path: Path) -> int:
     return total
 
 
-def suspend(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
-    """Checkpoint a running VE to disk and stop it; return what was written (seconds, bytes)."""
+def suspend(eng: Engine, ctid, progress: Progress = _quiet, locked: bool = False) -> dict:
+    """Checkpoint a running VE to disk and stop it; return what was written (seconds, bytes).
+    ``locked``: the caller holds the VE's lock already (a live migration, vzengine/migrate.py)."""
     conf = eng.config(ctid)
     ctid = conf.ctid
     problem = checkpoint_problem(eng, conf)
     if problem:
         raise Unsupported(problem)
     criu.require()
-    with eng._lock(ctid, "suspend"):
+    with contextlib.nullcontext() if locked else eng._lock(ctid, "suspend"):
         if is_suspended(eng, ctid):
             raise StateError(f"VE {ctid} is already suspended")
         if not eng.is_running(ctid):
@@ -356,11 +357,11 @@ def suspend(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
     return info
 
 
-def resume(eng: Engine, ctid, progress: Progress = _quiet) -> dict:
-    """Restore a suspended VE's processes from its images and remove the images."""
+def resume(eng: Engine, ctid, progress: Progress = _quiet, locked: bool = False) -> dict:
+    """Restore a suspended VE's processes from its images and remove the images (``locked``: as suspend's)."""
     conf = eng.config(ctid)
     ctid = conf.ctid
-    with eng._lock(ctid, "resume"):
+    with contextlib.nullcontext() if locked else eng._lock(ctid, "resume"):
         if not is_suspended(eng, ctid):
             raise StateError(f"VE {ctid} is not suspended")
         if eng.is_running(ctid):

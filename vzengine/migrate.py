@@ -15,11 +15,18 @@ where vzmigrate is installed (``--agent`` operations, vzengine/migrate_dst.py). 
 - Restart (a running VE): the first snapshot is sent while the VE runs; then the VE stops, a second
   snapshot is sent as an increment against the first, and the VE starts on the destination. The
   downtime is the stop, the last increment, the check and the start.
+- Live (``online``, a running VE that CRIU can checkpoint, vzengine/checkpoint.py): as restart, with
+  the stop replaced by a CRIU dump (checkpoint.suspend: the VE's links are parked, its processes
+  written to ``<root>/dump/<ctid>``) and the start by a resume from those images on the destination,
+  which routes the VE's addresses there; its processes keep their PIDs, memory and TCP connections.
+  CRIU restores the id map the VE was dumped with, so the VE keeps its host id range (IDMAP), which
+  must be free on the destination. The freeze is the dump, the last increment with the images, the
+  check and the restore. A VE that cannot be checkpointed is refused with the reason, before anything.
 
 Anything that fails before the end is undone (a Rollback stack, with ``VZ_FAIL_AT`` fail points):
 the VE is back where it was, running if it ran, and the destination holds nothing of it (with
 ``keep_dst``, as OpenVZ's --keep-dst, a VE the destination had already committed stays there, stopped).
-Live migration (``online``, CRIU) is not implemented yet.
+A live migration that fails after the dump resumes the VE here from its images.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import errors, validate
+from . import checkpoint, criu, errors, idmap, validate, veroot
 from .errors import AlreadyExists, CommandFailed, InvalidInput, StateError, Unsupported, VZError
 from .migrate_dst import (
     BASE_PREFIX,
@@ -96,12 +103,12 @@ class Destination:
 class MigrationResult:
     ctid: int
     destination: str
-    mode: str  # offline | restart
+    mode: str  # offline | restart | live
     bytes_sent: int = 0  # the VE's streams (and its snapshots')
     base_bytes: int = 0  # a template the destination lacked, sent once
     passes: list[int] = field(default_factory=list)  # bytes of each pass of the VE's root
     total_seconds: float = 0.0
-    downtime_seconds: float | None = None  # restart: stop on the source to started on the destination
+    downtime_seconds: float | None = None  # restart: stop here to started there; live: dump to resumed
     verified: dict = field(default_factory=dict)  # entries and bytes the destination counted
     steps: dict = field(default_factory=dict)  # seconds of the main steps (first_pass, stop, ...)
 
@@ -245,9 +252,9 @@ def migrate(eng, destination: str, ctid, online: bool = False, keep_dst: bool = 
     state = eng.status(ctid).status
     if state not in ("running", "stopped"):
         raise StateError(f"VE {ctid} is {state}: only a running or stopped VE can be migrated")
-    if online and state == "running":
-        raise Unsupported(f"live migration (--online) is not available yet: migrate VE {ctid} without --online "
-                          f"(restart migration: it stops here, its last changes travel, it starts on {dest.host})")
+    live = online and state == "running"  # (a stopped VE moves offline, as with OpenVZ's --online)
+    if live:
+        _check_live(eng, conf, dest)
     snaps = _snapshots(eng, ctid)
     if snaps and not with_snapshots:
         raise InvalidInput(f"VE {ctid} has {len(snaps)} snapshot(s) ({', '.join(p.name for p in snaps[:5])}): "
@@ -256,25 +263,46 @@ def migrate(eng, destination: str, ctid, online: bool = False, keep_dst: bool = 
     token = secrets.token_hex(6)
     with Remote(dest, ssh_config, remote_command) as remote:
         progress(5, f"asking {dest.host} to receive VE {ctid}")
-        info = remote.call("probe", ctid, node_id(eng.layout.root))
+        host_range = veroot.host_range(conf) if live else None
+        info = remote.call("probe", ctid, node_id(eng.layout.root),
+                           *([host_range, _root_path(eng)] if host_range is not None else []))
         fail_point("migrate:probe")
         if info["exists"]:
             raise AlreadyExists(f"VE {ctid} already exists on {dest}")
+        if info.get("range") == "taken":
+            raise Unsupported(f"VE {ctid} runs as host ids {host_range}.., which another VE holds on {dest.host}; "
+                              "CRIU restores the id map a VE was dumped with, so it cannot move live there: "
+                              "migrate it without --online (restart migration)")
         if tuple(info["idmap"]) != tuple(eng.layout.idmap):
             raise Unsupported(f"{dest.host} stores VE files shifted to ids {info['idmap'][0]}+, this node to "
                               f"{eng.layout.idmap[0]}+: set the same IDMAP_BASE and IDMAP_SIZE in both vz.conf")
-        with _locked(eng, ctid):
+        undone = {"ok": True}  # whether the destination said it undid its part, when asked last
+        with _locked(eng, ctid), _left_suspended(eng, ctid, dest, undone):
             for stale in eng.layout.pool.glob(f"private/.{ctid}.migrate-*"):  # (a migration killed here)
                 _drop(eng, stale)
             conf = eng.config(ctid)  # (as it is now that nothing else may change it)
             running = eng.is_running(ctid)
-            result = MigrationResult(ctid=ctid, destination=str(dest), mode="restart" if running else "offline")
+            if live and not running:
+                raise StateError(f"VE {ctid} stopped while the migration began: migrate it again")
+            result = MigrationResult(ctid=ctid, destination=str(dest),
+                                     mode="live" if live else "restart" if running else "offline")
             channel: list[Channel] = []  # the landing under way, which an undo abandons first
 
             def undo_destination() -> None:
                 for ch in channel:
                     ch.abandon()
+                undone["ok"] = False
                 remote.call("abort", ctid, token, *(["keep"] if keep_dst else []))
+                undone["ok"] = True
+
+            def resume_if_undone() -> None:
+                # A destination that may hold the VE resumed (it did not answer the abort) must never
+                # see it run here too: one more try, then the VE stays suspended (_left_suspended).
+                if not undone["ok"]:
+                    with contextlib.suppress(VZError):
+                        undo_destination()
+                if undone["ok"]:
+                    _resume_here(eng, ctid)
 
             with Rollback() as rb:
                 rb.add("undo the destination's part", undo_destination)
@@ -293,30 +321,55 @@ def migrate(eng, destination: str, ctid, online: bool = False, keep_dst: bool = 
                     fail_point("migrate:send")
                     parent = first
                     # The agent that receives the last increment loads while the VE still runs.
-                    channel.append(remote.open("land", ctid, token, "start"))
-                    progress(60, f"stopping VE {ctid} for the last increment")
+                    channel.append(remote.open("land", ctid, token, "resume" if live else "start"))
                     t_stop = time.monotonic()
-                    with _timed(result, "stop"):
-                        _stop_locked(eng, conf)
-                    rb.add(f"start VE {ctid} again here", lambda: _start_locked(eng, conf))
-                    rb.add("undo the destination's part", undo_destination)  # (before the VE restarts here)
-                    fail_point("migrate:stopped")
+                    if live:
+                        progress(60, f"checkpointing VE {ctid} for the last increment")
+                        with _timed(result, "dump"):
+                            try:
+                                checkpoint.suspend(eng, ctid, locked=True)
+                            except BaseException:
+                                if not eng.is_running(ctid):  # (CRIU let it go down: it runs here again)
+                                    _start_locked(eng, conf)
+                                raise
+                        rb.add(f"resume VE {ctid} here", resume_if_undone)
+                        idmap.release(eng.layout.root, ctid)  # (an allocator both roots share: theirs now)
+                        rb.add("undo the destination's part", undo_destination)  # (before it resumes here)
+                        fail_point("migrate:dumped")
+                    else:
+                        progress(60, f"stopping VE {ctid} for the last increment")
+                        with _timed(result, "stop"):
+                            _stop_locked(eng, conf)
+                        rb.add(f"start VE {ctid} again here", lambda: _start_locked(eng, conf))
+                        rb.add("undo the destination's part", undo_destination)  # (before the VE restarts here)
+                        fail_point("migrate:stopped")
                     final = _ro_snapshot(eng, ctid, token, 2, rb)
                 else:
                     channel.append(remote.open("land", ctid, token))
                     rb.add("undo the destination's part", undo_destination)
                 summary = _Summary(final)
-                progress(75, f"sending the last increment, checking and starting VE {ctid} on {dest.host}"
-                         if running else f"sending the VE's files to {dest.host} and checking them there")
-                with _timed(result, "last_pass_check_start" if running else "send_and_check"):
+                progress(75, f"sending the last increment, checking and {'resuming' if live else 'starting'} "
+                         f"VE {ctid} on {dest.host}" if running
+                         else f"sending the VE's files to {dest.host} and checking them there")
+                step = "last_pass_check_resume" if live else "last_pass_check_start" if running else "send_and_check"
+                with _timed(result, step):
                     result.passes.append(_send(channel[0], final, parent))
                     plan = {"config": dict(conf.values), "final": final.name,
                             "expect": {"uuid": subvolume_ids(final)["uuid"], **summary.result()},
                             "traffic": _traffic(eng, ctid), "snapshots": plan_snaps}
-                    channel[0].write(json.dumps(plan).encode())
+                    if live:
+                        plan["config"] = dict(eng.config(ctid).values)  # (as the dump left it)
+                        images = _image_listing(eng, ctid)
+                        plan["images"] = images
+                        channel[0].write(json.dumps(plan).encode() + b"\n")
+                        result.bytes_sent += _send_images(channel[0], eng, ctid, images)
+                    else:
+                        channel[0].write(json.dumps(plan).encode())
                     answer = channel.pop().finish()
                 result.bytes_sent += sum(result.passes)
                 result.verified = answer.get("verified", {})
+                if isinstance(answer.get("steps"), dict):  # (the destination's share of the last step)
+                    result.steps.update({f"dst_{k}": v for k, v in answer["steps"].items()})
                 if running:
                     result.downtime_seconds = round(time.monotonic() - t_stop, 3)
                 fail_point("migrate:landed")
@@ -337,6 +390,76 @@ def migrate(eng, destination: str, ctid, online: bool = False, keep_dst: bool = 
 
 
 # --- steps ------------------------------------------------------------------------------------
+def _check_live(eng, conf, dest: Destination) -> None:
+    """Refuse, with the reason, a running VE that cannot move live, before anything is done."""
+    hint = (f"migrate it without --online (restart migration: it stops here, its last changes travel, "
+            f"it starts on {dest.host})")
+    problem = checkpoint.checkpoint_problem(eng, conf)
+    if problem:
+        raise Unsupported(f"VE {conf.ctid} cannot move live: {problem}; {hint}")
+    try:
+        criu.require()
+    except VZError as e:
+        raise Unsupported(f"VE {conf.ctid} cannot move live: {e.message}; {hint}") from None
+    outside = checkpoint._outside_sessions(eng, conf.ctid)
+    if outside:
+        raise StateError(f"VE {conf.ctid} cannot move live while process {', '.join(outside[:3])} belongs to a "
+                         f"session outside it (a console, or 'vzctl exec' without setsid): end it, or {hint}")
+
+
+@contextlib.contextmanager
+def _left_suspended(eng, ctid: int, dest: Destination, undone: dict):
+    """Say so when a failed live migration could not resume the VE here because the destination did not
+    confirm that it removed its copy (which may run there)."""
+    try:
+        yield
+    except VZError as e:
+        if undone["ok"] or not checkpoint.is_suspended(eng, ctid):
+            raise
+        raise StateError(f"{e.message}; and {dest.host} did not confirm that it removed its copy of VE {ctid}, "
+                         f"so the VE stays suspended here rather than risk running twice: check {dest}, then "
+                         f"'vzctl resume {ctid}' here if it does not run there") from e
+
+
+def _root_path(eng) -> str:
+    """This engine root as the id allocator names it: a destination sharing the allocator (two roots on one
+    host) sees that the range it is asked about is held by the migrating VE itself."""
+    return os.path.realpath(eng.layout.root)
+
+
+def _resume_here(eng, ctid: int) -> None:
+    """Undo a live migration's dump: the VE's processes come back on this node, in their own id range."""
+    checkpoint.resume(eng, ctid, locked=True)
+
+
+def _image_listing(eng, ctid: int) -> list[dict]:
+    """The CRIU images of the VE's dump, as the destination reads them after the plan (the marker last:
+    the destination has a checkpoint only once everything before it arrived)."""
+    d = checkpoint.image_dir(eng, ctid)
+    out = []
+    for p in sorted(d.iterdir(), key=lambda p: (p.name == checkpoint.MARKER, p.name)):
+        st = p.lstat()
+        if p.is_file() and not p.is_symlink():
+            out.append({"name": p.name, "size": st.st_size, "mode": st.st_mode & 0o7777, "uid": st.st_uid,
+                        "gid": st.st_gid})
+    if not any(i["name"] == checkpoint.MARKER for i in out):
+        raise CommandFailed(f"VE {ctid}'s checkpoint has no {checkpoint.MARKER}: the dump did not finish")
+    return out
+
+
+def _send_images(channel: Channel, eng, ctid: int, images: list[dict]) -> int:
+    """Write the listed images' bytes, one after the other, into the landing; return the bytes sent."""
+    d, sent = checkpoint.image_dir(eng, ctid), 0
+    for item in images:
+        with open(d / item["name"], "rb") as f:
+            n = channel.pump(f)
+        if n != item["size"] and not channel.broken:
+            raise CommandFailed(f"CRIU image {item['name']} changed while it was sent")
+        sent += n
+    fail_point("migrate:images")
+    return sent
+
+
 def _snapshots(eng, ctid: int) -> list[Path]:
     """The VE's own snapshots, oldest first (hidden names are temporary ones of backups and clones)."""
     snapdir = eng.layout.snapshot_dir(ctid)

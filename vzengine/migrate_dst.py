@@ -13,6 +13,8 @@ Where things go on the destination while a migration is under way:
                                         that template sends only its changes
     <root>/migrate/<ctid>.json         "VE ctid was committed here by migration <token>": what lets an
                                         abort remove that VE and nothing that was here before
+    <root>/dump/.migrate-<ctid>-<token>/   a live migration's CRIU images as they arrive; renamed to
+                                        <root>/dump/<ctid> (with its vz-suspend.json) once the VE is committed
 
 A VE is committed (its root, config, traffic totals and snapshots put in place) only after the
 received tree was checked against what the source sent: the subvolume's received UUID is the source
@@ -134,8 +136,10 @@ class Agent:
         return self.layout.pool / "templates"
 
     # --- operations -------------------------------------------------------------------------
-    def probe(self, ctid: int, source_id: str) -> dict:
-        """Say who this node is and what it has; refuse when it is the source node itself."""
+    def probe(self, ctid: int, source_id: str, host_range: int | None = None, source_root: str = "") -> dict:
+        """Say who this node is and what it has; refuse when it is the source node itself. ``host_range``
+        (a live migration): whether the VE's host id range is free here ("free"), held by the migrating VE
+        itself on an id allocator both roots share ("source", handed over after the dump), or "taken"."""
         if node_id(self.root) == source_id:
             raise InvalidInput(f"{self.root} there is this node's own engine root: migrate to another node")
         self.eng.ensure_ready()
@@ -149,6 +153,7 @@ class Agent:
                 ids = subvolume_ids(p)
                 keys |= {k for k in (ids["uuid"], ids["received_uuid"]) if k}
         return {"exists": self.eng.exists(ctid) or self.layout.private(ctid).exists(),
+                "range": None if host_range is None else _range_state(ctid, host_range, source_root),
                 "idmap": list(self.layout.idmap), "storage": self.eng.storage.kind,
                 "bases": sorted(keys), "machine": _machine_id()}
 
@@ -185,24 +190,89 @@ class Agent:
                 raise
         return {"base": name}
 
-    def land(self, ctid: int, token: str, start: bool) -> dict:
+    def land(self, ctid: int, token: str, start: bool, resume: bool = False) -> dict:
         """Receive the last stream, then read the plan that follows it, commit, and start if asked: the
         end of a migration in one process (the source opens it before it stops the VE, so loading
-        this program is not part of the downtime)."""
+        this program is not part of the downtime).
+
+        ``resume`` (live migration): the plan is one line, followed by the CRIU images it lists (name,
+        size, mode, raw bytes one after the other); the VE keeps its host id range and is resumed
+        from them instead of booted."""
         stage = self.staging(ctid, token)
         stage.mkdir(mode=0o700, exist_ok=True)
+        steps, t0 = {}, time.monotonic()
         _receive(stage)  # (-e: it stops at the stream's end; the plan comes next on the same input)
         fail_point("migrate:dst-receive")
-        plan = json.loads(sys.stdin.buffer.read() or b"null")
+        steps["receive"] = time.monotonic() - t0
+        if resume:
+            plan = json.loads(sys.stdin.buffer.readline(1 << 24) or b"null")
+        else:
+            plan = json.loads(sys.stdin.buffer.read() or b"null")
         if not isinstance(plan, dict):
             raise InvalidInput("the source sent no migration plan after the VE's files")
-        out = self.commit(ctid, token, plan)
-        if start:
+        if resume:
+            self._receive_images(ctid, token, plan.get("images"))
+            fail_point("migrate:dst-images")
+        steps["plan_images"] = time.monotonic() - t0 - sum(steps.values())
+        out = self.commit(ctid, token, plan, keep_range=resume)
+        steps["check_commit"] = time.monotonic() - t0 - sum(steps.values())
+        if resume:
+            out.update(self.resume(ctid, token))
+        elif start:
             out.update(self.start(ctid, token))
-        return out
+        steps["resume" if resume else "start"] = time.monotonic() - t0 - sum(steps.values())
+        return {**out, "steps": {k: round(v, 3) for k, v in steps.items()}}
 
-    def commit(self, ctid: int, token: str, plan: dict) -> dict:
-        """Check the received tree and make it VE ctid of this node (config, totals, snapshots)."""
+    def images(self, ctid: int, token: str) -> Path:
+        return self.layout.root / "dump" / f".migrate-{ctid}-{_token(token)}"
+
+    def _receive_images(self, ctid: int, token: str, listing) -> None:
+        """Read the CRIU images the plan lists from standard input into the migration's images directory."""
+        if not isinstance(listing, list) or not listing:
+            raise InvalidInput("the source sent no CRIU images for a live migration")
+        d = self.images(ctid, token)
+        d.parent.mkdir(mode=0o711, exist_ok=True)
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(mode=0o700)
+        src = sys.stdin.buffer
+        for item in listing:
+            name, left, mode = _name(item["name"]), int(item["size"]), int(item["mode"]) & 0o644
+            with open(d / name, "xb") as f:
+                while left > 0:
+                    chunk = src.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise CommandFailed(f"the CRIU image {name} arrived cut short")
+                    f.write(chunk)
+                    left -= len(chunk)
+            os.chmod(d / name, mode)
+            os.chown(d / name, int(item.get("uid", 0)), int(item.get("gid", 0)))  # (as CRIU left them there)
+
+    def resume(self, ctid: int, token: str) -> dict:
+        """Put the received images in place as the VE's checkpoint and resume it from them."""
+        from . import checkpoint
+
+        self._ours(ctid, token)
+        d, conf = self.images(ctid, token), self.eng.config(ctid)
+        if not (d / checkpoint.MARKER).is_file():
+            raise NotFound("the VE's CRIU images did not arrive on the destination")
+        final = checkpoint.image_dir(self.eng, ctid)
+        shutil.rmtree(final, ignore_errors=True)
+        owner = self.eng.host_root_uid(conf)  # as suspend leaves it: CRIU reads it as the VE's root
+        os.chown(d, owner, 0)
+        os.chmod(d, 0o750)
+        os.rename(d, final)
+        fail_point("migrate:dst-resume")
+        if (checkpoint.suspend_info(self.eng, ctid) or {}).get("external_mounts"):
+            from . import lxcfs  # (its /proc files come from lxcfs, which a start would have started here)
+
+            lxcfs.ensure(self.layout)
+        info = checkpoint.resume(self.eng, ctid)
+        return {"status": self.eng.status(ctid).status, **info}
+
+    def commit(self, ctid: int, token: str, plan: dict, keep_range: bool = False) -> dict:
+        """Check the received tree and make it VE ctid of this node (config, totals, snapshots).
+        ``keep_range``: the VE keeps the host id range its config names (CRIU restores the id map it was
+        dumped with), which must be free here."""
         stage = self.staging(ctid, token)
         final = stage / _name(plan["final"])
         if not final.is_dir():
@@ -215,13 +285,15 @@ class Agent:
         if got != want:
             raise CommandFailed(f"the received VE root differs from the source's: {got['entries']} entries and "
                                 f"{got['bytes']} bytes, the source has {want['entries']} and {want['bytes']}")
-        values = {_key(k): str(v) for k, v in plan["config"].items() if k not in NODE_KEYS}
+        values = {_key(k): str(v) for k, v in plan["config"].items() if keep_range or k not in NODE_KEYS}
         self.eng.ensure_ready()
         with ve_lock(self.layout.lockdir, ctid, "migrate-in", wait=30), Rollback() as rb:
             if self.eng.exists(ctid) or self.layout.private(ctid).exists():
                 raise AlreadyExists(f"VE {ctid} already exists on the destination")
             conf = VEConfig(ctid=ctid, path=self.layout.conf(ctid), values=values)
             self._check_network(conf)
+            if keep_range:
+                self._claim_range(conf, rb)
             self.eng.storage.clone(final, self.layout.private(ctid))
             rb.add("remove the VE's root", lambda: self.eng.storage.delete(self.layout.private(ctid)))
             for snap in plan.get("snapshots", []):
@@ -259,14 +331,28 @@ class Agent:
                 self.eng.stop(ctid, fast=True)
             if keep:
                 kept = True
+                self._unsuspend_kept(ctid)
             else:
                 self.eng.destroy(ctid)
                 removed = True
             self.record(ctid).unlink(missing_ok=True)
         self._drop_staging(ctid, token)
+        shutil.rmtree(self.images(ctid, token), ignore_errors=True)
         return {"removed": removed, "kept": kept}
 
     # --- helpers ----------------------------------------------------------------------------
+    def _unsuspend_kept(self, ctid: int) -> None:
+        """A kept copy of a live migration boots afresh if ever started: its CRIU images go (the VE resumed
+        on the source), and so does the host id range it kept, which is the source VE's; it takes its own."""
+        from . import idmap, images
+
+        images.discard(self.eng, ctid)
+        conf = self.eng.config(ctid)
+        if "IDMAP" in conf.values:
+            idmap.release(self.layout.root, ctid)
+            del conf.values["IDMAP"]
+            conf.save()
+
     def _is_ours(self, ctid: int, token: str) -> bool:
         try:
             return json.loads(self.record(ctid).read_text()).get("token") == token
@@ -276,6 +362,17 @@ class Agent:
     def _ours(self, ctid: int, token: str) -> None:
         if not self._is_ours(ctid, token):
             raise StateError(f"VE {ctid} on the destination was not committed by this migration")
+
+    def _claim_range(self, conf: VEConfig, rb: Rollback) -> None:
+        from . import idmap, veroot
+
+        host = veroot.host_range(conf)
+        if host is None:  # (it ran on its plain root, IDMAP_BASE, which both nodes share)
+            return
+        if not idmap.claim_exact(self.layout.root, conf.ctid, host):
+            raise StateError(f"host ids {host}.. that VE {conf.ctid} runs as are held by another VE here, and a live "
+                             "migration must keep them: migrate it without --online (restart migration)")
+        rb.add("free the VE's id range", lambda: idmap.release(self.layout.root, conf.ctid))
 
     def _check_network(self, conf: VEConfig) -> None:
         """Refuse addresses or forwarded ports that another VE or the host of this node has."""
@@ -340,6 +437,18 @@ def _receive(directory: Path) -> None:
         raise CommandFailed(f"btrfs receive on the destination failed: {err or proc.returncode}")
 
 
+def _range_state(ctid: int, host: int, source_root: str) -> str:
+    """Whether host id range ``host`` is free on this host for VE ``ctid`` coming from ``source_root``."""
+    from . import idmap
+
+    owner = idmap._read_owner(int(host))
+    if owner is None:
+        return "free"
+    if source_root and owner == idmap._owner_key(Path(source_root), ctid):
+        return "source"  # (both roots on one host: the source hands it over after the dump)
+    return "taken"
+
+
 def node_id(root: Path) -> str:
     """This node and root, as the other side can compare it: machine id, device and inode of the root."""
     st = os.stat(root)
@@ -401,13 +510,15 @@ def run_agent(root: str, op: str, args: list[str]) -> dict:
     """Run one agent operation; its JSON input (commit's plan) is read from standard input."""
     agent = Agent(root)
     if op == "probe":
-        return agent.probe(validate.ctid(args[0]), args[1])
+        rng = int(args[2]) if len(args) > 2 and args[2].isdigit() and len(args[2]) <= 10 else None
+        return agent.probe(validate.ctid(args[0]), args[1], rng, args[3] if len(args) > 3 else "")
     if op == "receive":
         return agent.receive(validate.ctid(args[0]), _token(args[1]))
     if op == "receive-base":
         return agent.receive_base(args[0], args[1])
     if op == "land":
-        return agent.land(validate.ctid(args[0]), _token(args[1]), start=args[2:] == ["start"])
+        return agent.land(validate.ctid(args[0]), _token(args[1]), start=args[2:] == ["start"],
+                          resume=args[2:] == ["resume"])
     if op == "start":
         return agent.start(validate.ctid(args[0]), _token(args[1]))
     if op == "finish":

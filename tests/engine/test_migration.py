@@ -215,12 +215,10 @@ def _cli(dest: Dest, vz_root: Path, *args: str, ssh_config: str | None = None) -
 
 
 @pytest.mark.parametrize("case", ["unknown destination", "same node", "no key", "bad root", "no root there",
-                                  "bad ctid", "no such VE", "online running"])
+                                  "bad ctid", "no such VE"])
 def test_bad_input_is_refused_with_one_line_and_changes_nothing(engine, new_ctid, dest, vz_root, case):
     ctid = new_ctid()
     engine.create(ctid, "tiny")
-    if case == "online running":
-        engine.start(ctid, wait_boot=True)
     state = engine.status(ctid).status
     target, config, who, extra = dest.target, None, str(ctid), []
     expect = {
@@ -231,7 +229,6 @@ def test_bad_input_is_refused_with_one_line_and_changes_nothing(engine, new_ctid
         "no root there": "no engine root at /var/tmp/no-such-vz-root",
         "bad ctid": "invalid VE id",
         "no such VE": "does not exist",
-        "online running": "live migration (--online) is not available yet",
     }[case]
     if case == "unknown destination":
         target = "no-such-node.invalid"
@@ -247,8 +244,6 @@ def test_bad_input_is_refused_with_one_line_and_changes_nothing(engine, new_ctid
         who = "12x"
     elif case == "no such VE":
         who = str(new_ctid())
-    elif case == "online running":
-        extra = ["--online"]
 
     proc = _cli(dest, vz_root, "-q", *extra, target, who, ssh_config=config)
 
@@ -305,3 +300,201 @@ def test_it_removes_what_a_killed_migration_left_on_the_source(engine, new_ctid,
     moved.append(ctid)
     _migrate(engine, dest, ctid)
     assert not stale.exists()
+
+
+# --- live migration (--online): CRIU dump here, resume there -----------------------------------------------
+COUNTER = ("setsid sh -c 'echo $$ > /run/counter.pid; i=0; while :; do i=$((i+1)); echo $i > /root/counter; "
+           "sleep 0.05; done' </dev/null >/dev/null 2>&1 &")
+ECHO_SERVER = "setsid nc -ll -p 7001 -e cat </dev/null >/dev/null 2>&1 &"
+# A client that talks to the VE's echo server forever: one line out, the same line back, logged.
+CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 7001), timeout=30)
+log = open(sys.argv[2], "a", buffering=1)
+i = 0
+while True:
+    i += 1
+    s.sendall(f"ping {i}\n".encode())
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = s.recv(100)
+        if not chunk:
+            log.write("connection lost\n")
+            sys.exit(1)
+        got += chunk
+    log.write(got.decode())
+    time.sleep(0.05)
+"""
+
+
+def _counter(root: Path, ctid: int) -> int:
+    try:
+        return int((root / "pool/private" / str(ctid) / "root/counter").read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _wait(cond, timeout: float = 20.0, what: str = "a condition") -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def live_ve(engine, new_ctid, vz_root):
+    """A running tiny (BusyBox init) VE with an address, a counter and an echo server; destroyed here after."""
+    ctid = new_ctid()
+    engine.create(ctid, "tiny", ipadd=["auto"])
+    engine.start(ctid, wait_boot=True)
+    engine.exec(ctid, COUNTER)
+    engine.exec(ctid, ECHO_SERVER)
+    _wait(lambda: _counter(vz_root, ctid) > 3, what="the counter")
+    yield ctid
+    if engine.exists(ctid):
+        engine.destroy(ctid)
+
+
+def test_it_moves_a_running_ve_live_and_its_processes_and_tcp_connection_go_on(engine, live_ve, dest, moved,
+                                                                               vz_root, tmp_path):
+    ctid = live_ve
+    addr = engine.config(ctid).get("IP_ADDRESS")
+    idmap_here = engine.config(ctid).get("IDMAP")
+    pid = engine.exec(ctid, "cat /run/counter.pid").stdout.strip()
+    log = tmp_path / "client.log"
+    client = subprocess.Popen(["nsenter", f"--net=/run/netns/{dest.ns.netns}", sys.executable, "-c", CLIENT, addr,
+                               str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    moved.append(ctid)
+    try:
+        _wait(lambda: log.exists() and log.read_text().count("\n") >= 3, what="the client's first echoes")
+
+        res = _migrate(engine, dest, ctid, online=True)
+
+        assert res.mode == "live" and res.downtime_seconds is not None and len(res.passes) == 2
+        assert not engine.exists(ctid) and _source_leftovers(vz_root, ctid) == []
+        there = dest.python(f"print(json.dumps([eng.status({ctid}).status, eng.config({ctid}).get('IDMAP')]))")
+        assert there == ["running", idmap_here]  # CRIU restored the id map it was dumped with
+        frozen = _counter(dest.ns.root, ctid)
+        assert frozen > 3
+        _wait(lambda: _counter(dest.ns.root, ctid) > frozen + 5, what="the counter on the destination")
+        assert _counter(dest.ns.root, ctid) < frozen + 200  # it went on, it did not start again from 1
+        assert dest.vzctl("exec", ctid, "cat /run/counter.pid").stdout.strip() == pid  # the same process
+        lines = log.read_text().count("\n")
+        _wait(lambda: log.read_text().count("\n") > lines + 5, what="the client's echoes after the move")
+        assert client.poll() is None
+        text = log.read_text().splitlines()
+        assert text == [f"ping {i}" for i in range(1, len(text) + 1)]  # no line lost, none twice
+        assert not (dest.ns.root / "dump" / str(ctid)).exists()
+        assert list((dest.ns.root / "dump").glob(f".migrate-{ctid}-*")) == []
+    finally:
+        client.kill()
+        client.wait()
+
+
+@pytest.mark.parametrize("case", ["systemd", "console"])
+def test_a_ve_that_cannot_move_live_is_refused_with_the_reason_and_the_restart_hint(engine, new_ctid, dest,
+                                                                                   vz_root, case):
+    ctid = new_ctid()
+    engine.create(ctid, "debian-12" if case == "systemd" else "tiny")
+    try:
+        engine.start(ctid, wait_boot=case != "systemd")
+        if case == "console":  # no setsid: its session leader is outside the VE, as an open console's is
+            engine.exec(ctid, "sleep 300 </dev/null >/dev/null 2>&1 &")
+        why = {"systemd": "CRIU cannot restore the tmpfs mounts systemd makes",
+               "console": "belongs to a session outside it"}[case]
+
+        proc = _cli(dest, vz_root, "-q", "--online", dest.target, str(ctid))
+
+        assert proc.returncode != 0
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and why in lines[0] and "without --online (restart migration" in lines[0], proc.stderr
+        assert engine.status(ctid).status == "running"
+        assert _source_leftovers(vz_root, ctid) == [] and dest.has_nothing_of(ctid) == []
+        assert not (vz_root / "dump" / str(ctid)).exists()
+    finally:
+        engine.destroy(ctid)
+
+
+LIVE_STEPS = ["migrate:dumped", "migrate:images", "migrate:dst-images", "migrate:dst-commit", "migrate:dst-resume",
+              "migrate:landed"]
+
+
+@pytest.mark.parametrize("step", LIVE_STEPS)
+def test_a_failure_after_the_dump_resumes_the_ve_where_it_was(engine, live_ve, dest, vz_root, monkeypatch, step):
+    ctid = live_ve
+    pid = engine.exec(ctid, "cat /run/counter.pid").stdout.strip()
+    before = engine.config(ctid).values
+    monkeypatch.setenv("VZ_FAIL_AT", step)
+
+    with pytest.raises(VZError, match=f"injected failure at {step}"):
+        _migrate(engine, dest, ctid, online=True)
+
+    monkeypatch.delenv("VZ_FAIL_AT")
+    assert engine.status(ctid).status == "running" and not engine.is_suspended(ctid)
+    assert engine.config(ctid).values == before  # its own id range again
+    now = _counter(vz_root, ctid)
+    _wait(lambda: _counter(vz_root, ctid) > now + 3, what="the counter back on the source")
+    assert engine.exec(ctid, "cat /run/counter.pid").stdout.strip() == pid  # resumed, not booted afresh
+    assert _source_leftovers(vz_root, ctid) == [] and not (vz_root / "dump" / str(ctid)).exists()
+    assert dest.has_nothing_of(ctid) == []
+    assert not (dest.ns.root / "dump" / str(ctid)).exists()
+    assert list((dest.ns.root / "dump").glob(f".migrate-{ctid}-*")) == []
+
+
+def test_keep_dst_after_a_live_failure_keeps_a_stopped_copy_that_would_boot_afresh(engine, live_ve, dest, moved,
+                                                                                  monkeypatch):
+    ctid = live_ve
+    pid = engine.exec(ctid, "cat /run/counter.pid").stdout.strip()
+    moved.append(ctid)
+    monkeypatch.setenv("VZ_FAIL_AT", "migrate:landed")
+    with pytest.raises(VZError, match="injected failure"):
+        _migrate(engine, dest, ctid, online=True, keep_dst=True)
+    monkeypatch.delenv("VZ_FAIL_AT")
+    assert engine.status(ctid).status == "running"
+    assert engine.exec(ctid, "cat /run/counter.pid").stdout.strip() == pid
+    there = dest.python(f"print(json.dumps([eng.status({ctid}).status, eng.is_suspended({ctid}), "
+                        f"eng.config({ctid}).get('IDMAP')]))")
+    assert there == ["stopped", False, ""]  # not resumable there, and the source's id range is not its own
+
+
+def test_live_is_refused_when_the_ves_id_range_is_taken_on_the_destination(engine, live_ve, dest, vz_root,
+                                                                           monkeypatch):
+    """Here both roots share one id allocator, so the range is seen held by another root's VE 'elsewhere'."""
+    import vzengine.migrate
+
+    ctid = live_ve
+    pid = engine.exec(ctid, "cat /run/counter.pid").stdout.strip()
+    monkeypatch.setattr(vzengine.migrate, "_root_path", lambda eng: "/var/tmp/another-root")
+    with pytest.raises(VZError, match=r"which another VE holds on vzdst.*without --online \(restart migration\)"):
+        _migrate(engine, dest, ctid, online=True)
+    assert engine.status(ctid).status == "running" and not engine.is_suspended(ctid)
+    assert engine.exec(ctid, "cat /run/counter.pid").stdout.strip() == pid
+    assert _source_leftovers(vz_root, ctid) == [] and dest.has_nothing_of(ctid) == []
+
+
+def test_a_live_failure_whose_undo_the_destination_does_not_confirm_leaves_the_ve_suspended(
+        engine, live_ve, dest, moved, monkeypatch):
+    """The destination resumed the VE, then the migration failed and the destination did not answer the
+    abort (the link went down, say): resuming here too could run the VE twice, so it stays suspended."""
+    import vzengine.migrate
+
+    ctid = live_ve
+    moved.append(ctid)
+    call = vzengine.migrate.Remote.call
+
+    def unreachable_abort(self, op, *args, **kw):
+        if op == "abort":
+            raise vzengine.migrate.CommandFailed("cannot reach vzdst over SSH (test)")
+        return call(self, op, *args, **kw)
+
+    monkeypatch.setattr(vzengine.migrate.Remote, "call", unreachable_abort)
+    monkeypatch.setenv("VZ_FAIL_AT", "migrate:landed")
+    with pytest.raises(VZError, match=f"injected failure at migrate:landed; .* stays suspended here rather than risk "
+                                      f"running twice.*vzctl resume {ctid}"):
+        _migrate(engine, dest, ctid, online=True)
+    monkeypatch.delenv("VZ_FAIL_AT")
+    assert engine.is_suspended(ctid) and not engine.is_running(ctid)
+    assert dest.python(f"print(json.dumps(eng.status({ctid}).status))") == "running"

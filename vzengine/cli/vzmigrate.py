@@ -18,12 +18,12 @@ PROG = "vzmigrate"
 
 
 def build_parser() -> Parser:
-    p = Parser(prog=PROG, description="Migrate a Virtual Environment to another node (offline, or by restart "
-                                      "for a running one).")
+    p = Parser(prog=PROG, description="Migrate a Virtual Environment to another node (offline, by restart "
+                                      "for a running one, or live with --online).")
     add_global_options(p)
     p.add_argument("--online", action="store_true",
-                   help="live migration with CRIU: not available yet, refused for a running VE (without it, "
-                        "a running VE migrates by restart)")
+                   help="live migration with CRIU: a running VE's processes move with their memory and TCP "
+                        "connections (sysvinit and BusyBox VEs; without it, a running VE migrates by restart)")
     p.add_argument("--keep-dst", action="store_true",
                    help="if the migration fails at its end, keep the destination's copy (stopped)")
     p.add_argument("--with-snapshots", action="store_true", help="move the VE's snapshots too")
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(res.to_dict()))
         else:
-            down = f", downtime {res.downtime_seconds:.2f} s" if res.downtime_seconds is not None else ""
+            word = "frozen" if res.mode == "live" else "downtime"
+            down = f", {word} {res.downtime_seconds:.2f} s" if res.downtime_seconds is not None else ""
             base = f" (+{res.base_bytes} bytes of template, once)" if res.base_bytes else ""
             print(f"VE {res.ctid} migrated to {res.destination} ({res.mode}): {res.bytes_sent} bytes sent{base}, "
                   f"{res.total_seconds:.2f} s{down}")
