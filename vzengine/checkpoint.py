@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import cgroups, criu
+from . import cgroups, criu, lxcfs
 from .errors import CommandFailed, StateError, Unsupported, VZError
 from .images import (
     MARKER,
@@ -376,7 +376,10 @@ def resume(eng: Engine, ctid, progress: Progress = _quiet, locked: bool = False)
             cgroups.remove_tree(eng.layout.cgroup_dir(ctid))
             eng.prepare_root(conf, resume=True)  # its root, id-mapped to the range it was dumped with
             eng._write_lxc_config(conf)  # (features prepare what the VE needs: lxcfs, say)
-            env = _criu_env(eng, ctid, "restore", _restore_options(ctid, saved.get("external_mounts") or []))
+            external = saved.get("external_mounts") or []
+            if external:
+                lxcfs.ensure(eng.layout)  # its /proc files came from lxcfs, which may not run now (a reboot since)
+            env = _criu_env(eng, ctid, "restore", _restore_options(ctid, external))
             rc, out = _restore(eng, ctid, d, env)
             if rc == 0 and eng.is_running(ctid):
                 break

@@ -262,11 +262,7 @@ class Agent:
         os.chmod(d, 0o750)
         os.rename(d, final)
         fail_point("migrate:dst-resume")
-        if (checkpoint.suspend_info(self.eng, ctid) or {}).get("external_mounts"):
-            from . import lxcfs  # (its /proc files come from lxcfs, which a start would have started here)
-
-            lxcfs.ensure(self.layout)
-        info = checkpoint.resume(self.eng, ctid)
+        info = checkpoint.resume(self.eng, ctid)  # (starts lxcfs here if the VE's /proc files came from it)
         return {"status": self.eng.status(ctid).status, **info}
 
     def commit(self, ctid: int, token: str, plan: dict, keep_range: bool = False) -> dict:
