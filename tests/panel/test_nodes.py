@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
@@ -93,6 +94,22 @@ def test_a_joined_node_reaches_its_own_keys_over_tls_and_nothing_else(vz_root, m
         shutil.rmtree(top, ignore_errors=True)
 
 
+def layer_send(url: str, channel: str, message: dict) -> None:
+    """Send as a node's console daemon does: the panel's channel layer, with the node's credentials."""
+    import asyncio
+
+    from vzpanel.lib.channels import RedisChannelLayer
+
+    async def send():
+        layer = RedisChannelLayer(hosts=[{"address": url}])
+        try:
+            await layer.send(channel, message)
+        finally:
+            await layer.close_pools()
+
+    asyncio.run(send())
+
+
 def check_node_credentials(state, url):
     """The new node's user works on its own keys; on the local node's it is refused, and they stay as they were."""
     plain = redis.Redis(host="127.0.0.2", port=int(url.rsplit(":", 1)[1].split("/")[0]), socket_timeout=5)
@@ -105,8 +122,26 @@ def check_node_credentials(state, url):
     victim = panel_client(state)
     reply = protocol.reply_key(NODE, "nodes-test")  # a reply of the local node's agent, waiting for the panel
     victim.lpush(reply, "genuine")
+    # The channel layer: the local console daemon's channel (a message there opens a console on the local
+    # node's VEs; the running daemon pops what comes, so only the refusals show), and a web process's channel
+    # holding console output for a browser.
+    local_console, web_inbox = f"asgiconsole.{NODE}", "asgispecific.0123456789abcdef!"
+    victim.zadd(web_inbox, {b"genuine-output": time.time()})  # (scored as the layer does: when sent)
     try:
-        for attack in (lambda: own.lpush(protocol.requests_key(NODE), "forged"),
+        # its own console channel, and a reply into a web process's channel: the send script, as its daemon
+        own.zadd(f"asgiconsole.{NEW}", {b"own": 1})
+        assert own.zpopmin(f"asgiconsole.{NEW}") == [(b"own", 1.0)]
+        layer_send(url, "specific.0123456789abcdef!viewer1", {"type": "console.output"})
+        assert victim.zcard(web_inbox) == 2
+        victim.zremrangebyrank(web_inbox, 1, 1)
+        for attack in (lambda: own.zadd(local_console, {b"forged-open": 2}),
+                       lambda: own.zpopmin(local_console),
+                       lambda: own.bzpopmin([local_console], timeout=1),
+                       lambda: layer_send(url, f"console.{NODE}", {"type": "console.open"}),
+                       lambda: own.zpopmin(web_inbox),
+                       lambda: own.zrange(web_inbox, 0, -1),
+                       lambda: own.publish("rq:pubsub:worker-1", '{"command": "shutdown"}'),
+                       lambda: own.lpush(protocol.requests_key(NODE), "forged"),
                        lambda: own.blpop([protocol.requests_key(NODE)], timeout=1),
                        lambda: own.lpush(reply, "forged reply"),
                        lambda: own.blpop([reply], timeout=1),
@@ -118,8 +153,9 @@ def check_node_credentials(state, url):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 attack()
         assert victim.lrange(reply, 0, -1) == [b"genuine"]
+        assert victim.zrange(web_inbox, 0, -1) == [b"genuine-output"]
     finally:
-        victim.delete(reply)
+        victim.delete(reply, local_console, web_inbox)
 
 
 @pytest.mark.django_db

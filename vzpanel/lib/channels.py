@@ -1,13 +1,15 @@
 """The panel's channel layer: channels-redis with fewer Redis round trips per message.
 
 The console relays every keystroke and every piece of output through the layer. channels-redis
-spends four Redis commands on a send (drop expired, count, add, set expiry) and four on a receive
+spends four Redis round trips on a send (drop expired, count, add, set expiry) and four on a receive
 (restore the backup queue, pop, copy to the backup queue, clear it), one after the other; a
 receive loop (the console daemon's, or the one a web process shares among all its websockets)
 then handles one message per four round trips, and under load the queue behind it grows.
 
 Here:
-- send is one Lua script doing the same four steps, with the same capacity and expiry rules;
+- send is one transaction doing the same four steps, with the same capacity and expiry rules; it reads
+  nothing of the channel but its size (ZCARD), so a node agent may send to a web process's channel with
+  write-only access to it (vzpanel/nodes/join.py: nodes must not read what others are sent);
 - receive pops in batches: whatever is queued (up to BATCH) in one command, else it blocks for the
   next message. The popped messages are kept by the layer (per event loop), not by the receiving
   coroutine, and the fetch runs in its own task, so a receiver that is cancelled loses nothing:
@@ -26,17 +28,6 @@ from channels.exceptions import ChannelFull
 from channels_redis import core
 
 BATCH = 100
-
-SEND = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[2])
-if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') >= tonumber(ARGV[3]) then
-    return 0
-end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
-"""
-
 
 class RedisChannelLayer(core.RedisChannelLayer):
     def __init__(self, *args, **kwargs):
@@ -57,11 +48,19 @@ class RedisChannelLayer(core.RedisChannelLayer):
             key = self.prefix + channel
             index = next(self._send_index_generator)
         now = time.time()
-        added = await self.connection(index).eval(
-            SEND, 1, key, self.serialize(message), int(now) - int(self.expiry), self.get_capacity(channel), now,
-            int(self.expiry),
-        )
-        if not added:
+        member, capacity = self.serialize(message), self.get_capacity(channel)
+        # One round trip, and no command that reads the channel's messages (ZCARD only counts them): a node
+        # agent sends to a web process's channel with write-only access (vzpanel/nodes/join.py). A script
+        # (EVAL) would need read access to its keys. The message carries random bytes, so ZREM takes back
+        # exactly this one when it went over the capacity.
+        async with self.connection(index).pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, 0, int(now) - int(self.expiry))
+            pipe.zadd(key, {member: now})
+            pipe.zcard(key)
+            pipe.expire(key, int(self.expiry))
+            _, _, size, _ = await pipe.execute()
+        if size > capacity:
+            await self.connection(index).zrem(key, member)
             raise ChannelFull()
 
     async def receive_single(self, channel):

@@ -52,15 +52,20 @@ def joined_nodes(secrets_dir: Path) -> list[str]:
 
 
 def agent_acl_line(name: str, password_sha256: str) -> str:
-    """The Redis ACL user of one node's agent: its own request and reply keys and the console channel layer.
+    """The Redis ACL user of one node's agent: its own request and reply keys, its console daemon's channel
+    (``console.<name>``, which web processes send to), and write-only the web processes' own channels
+    (``specific.*``, where its console replies go: it may add to them, never read or pop them, so no node
+    reads another node's console output or the keys typed into it). No other node's console channel: a node
+    that could send there could open a console on another node's VEs.
 
-    ``resetkeys``/``resetchannels`` first, so nothing granted elsewhere widens it. Commands that name no key
-    are not held by the key patterns, so those reaching every key are taken away: @dangerous (FLUSHALL,
-    FLUSHDB, KEYS, ...), SCAN and RANDOMKEY. No agent uses them.
+    ``resetkeys``/``resetchannels`` first, so nothing granted elsewhere widens it; no Pub/Sub channel (RQ
+    sends its workers commands that way). Commands that name no key are not held by the key patterns, so
+    those reaching every key are taken away: @dangerous (FLUSHALL, FLUSHDB, KEYS, ...), SCAN and RANDOMKEY.
+    No agent uses them.
     """
     check_name(name)
-    return (f"user agent-{name} on #{password_sha256} resetkeys ~vz:agent:{name}:* ~asgi* "
-            "resetchannels &* +@all -@admin -@dangerous -scan -randomkey")
+    return (f"user agent-{name} on #{password_sha256} resetkeys ~vz:agent:{name}:* ~asgiconsole.{name} "
+            "%W~asgispecific.* resetchannels +@all -@admin -@dangerous -scan -randomkey")
 
 
 def agent_command(name: str, redis_url: str, vz_root: str = "/var/lib/vz") -> str:
