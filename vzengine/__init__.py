@@ -9,7 +9,7 @@ The names below are loaded on first use (PEP 562), so that ``import vzengine.val
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 _LAZY = {
     "Engine": "engine", "VEInfo": "engine", "TemplateInfo": "templates",
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .templates import TemplateInfo
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value

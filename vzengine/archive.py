@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import io
 import os
 import pwd
 import re
@@ -55,12 +54,15 @@ from .tarstream import (
     CHUNK,
     NO_DATA,
     ZERO_BLOCK,
+    Chunk,
     TarStream,
     big_pipe,
     checksum_ok,
     number,
     octal,
     pax_records,
+    stdin_of,
+    stdout_of,
     tail,
 )
 
@@ -135,7 +137,7 @@ class TarFilter(TarStream):
     ("nothing was restored").
     """
 
-    def __init__(self, sink: Callable[[bytes | bytearray | memoryview], object], top: bytes, ids: tuple[int, int],
+    def __init__(self, sink: Callable[[Chunk], object], top: bytes, ids: tuple[int, int],
                  label: str, done: str = "nothing was extracted", passthrough: re.Pattern | None = None):
         super().__init__()
         self.sink = sink
@@ -489,11 +491,10 @@ class SafeExtract:
 
     def _running(self) -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
         """tar, its stdin and its error output, which ``__enter__`` made."""
-        assert self._tar is not None and self._tar.stdin is not None and self._err is not None, \
-            "SafeExtract is used outside its with block"
-        return self._tar, self._tar.stdin, self._err
+        assert self._tar is not None and self._err is not None, "SafeExtract is used outside its with block"
+        return self._tar, stdin_of(self._tar), self._err
 
-    def _write(self, data: bytes | bytearray | memoryview) -> None:
+    def _write(self, data: Chunk) -> None:
         tar, stdin, err = self._running()
         try:
             stdin.write(data)
@@ -501,7 +502,7 @@ class SafeExtract:
             tar.wait()
             raise CommandFailed(f"tar failed while extracting {self.label}: {tail(err)}") from None
 
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: Chunk) -> None:
         self.filter.feed(data)
 
     @property
@@ -536,8 +537,7 @@ def extract_zst(path: Path, dest: Path, top: bytes, ids: tuple[int, int], label:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise InvalidInput(f"{label}: {path} is not a regular file")
         zstd = subprocess.Popen(["zstd", "-q", "-dc"], stdin=f, stdout=subprocess.PIPE, stderr=zerr)
-        out = zstd.stdout
-        assert isinstance(out, io.BufferedReader), "stdout=PIPE with the default buffering"
+        out = stdout_of(zstd)
         try:
             big_pipe(out)
             while chunk := out.read1(CHUNK):

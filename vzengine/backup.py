@@ -49,11 +49,14 @@ from .tarstream import (
     CHUNK,
     NO_DATA,
     ZERO_BLOCK,
+    Chunk,
     TarStream,
     big_pipe,
     checksum_ok,
     number,
     pax_records,
+    stdin_of,
+    stdout_of,
     tail,
 )
 from .veconf import VEConfig
@@ -92,7 +95,7 @@ class TarScanner(TarStream):
     not passed on, so a writer can append members after GNU tar's output.
     """
 
-    def __init__(self, sink: Callable[[bytes | memoryview], object] | None = None):
+    def __init__(self, sink: Callable[[Chunk], object] | None = None):
         super().__init__()
         self.sink = sink
         self.sha = hashlib.sha256()
@@ -109,7 +112,7 @@ class TarScanner(TarStream):
         self._overridden = False  # the next header's name was set by a pax/GNU header before it
         self._out = bytearray()
 
-    def _emit(self, data) -> None:
+    def _emit(self, data: Chunk) -> None:
         self._out += data
         self.offset += len(data)
         if len(self._out) >= CHUNK:
@@ -276,13 +279,14 @@ def _pipe_out(conf: VEConfig, conf_bytes: bytes, src: Path, partial: Path, info:
             tar = subprocess.Popen(["tar", "-c", *TAR_OPTIONS, "--sparse", "-b2048",
                                     "--transform", r"s,^\.,root,S", "-C", str(src), "-f", "-", "."],
                                    stdout=subprocess.PIPE, stderr=terr)
-            big_pipe(tar.stdout)
-            big_pipe(zstd.stdin)
-            scanner = TarScanner(sink=zstd.stdin.write)
+            tar_out, zstd_in = stdout_of(tar), stdin_of(zstd)
+            big_pipe(tar_out)
+            big_pipe(zstd_in)
+            scanner = TarScanner(sink=zstd_in.write)
             scanner.feed(member(INFO, json.dumps(info, indent=1).encode()))
             scanner.feed(member(CONF, conf_bytes))
             last, last_pct = t0, 5
-            while chunk := tar.stdout.read1(CHUNK):
+            while chunk := tar_out.read1(CHUNK):
                 scanner.feed(chunk)
                 now = time.monotonic()
                 done = scanner.offset
@@ -291,7 +295,7 @@ def _pipe_out(conf: VEConfig, conf_bytes: bytes, src: Path, partial: Path, info:
                     last, last_pct = now, pct
                     of = f" of ~{estimate / 1e6:.0f} MB" if estimate else ""
                     progress(pct, f"backed up {done / 1e6:.0f} MB{of} ({done / 1e6 / (now - t0):.0f} MB/s)")
-            tar.stdout.close()
+            tar_out.close()
             if tar.wait() != 0:
                 raise CommandFailed(f"tar failed while backing up VE {conf.ctid}: {tail(terr)}")
             if not scanner.ended:
@@ -304,8 +308,8 @@ def _pipe_out(conf: VEConfig, conf_bytes: bytes, src: Path, partial: Path, info:
                 "tar_bytes": scanner.offset, "sha256": scanner.sha.hexdigest(),
                 "conf_sha256": hashlib.sha256(conf_bytes).hexdigest(),
             }
-            zstd.stdin.write(member(MANIFEST, json.dumps(manifest, indent=1).encode()) + ZERO_BLOCK * 2)
-            zstd.stdin.close()
+            zstd_in.write(member(MANIFEST, json.dumps(manifest, indent=1).encode()) + ZERO_BLOCK * 2)
+            zstd_in.close()
             if zstd.wait() != 0:
                 raise CommandFailed(f"zstd failed while writing {partial}: {tail(zerr)}")
         except BrokenPipeError:
@@ -345,7 +349,7 @@ def _read_info(f: BinaryIO, path: str) -> dict:
                           stderr=subprocess.DEVNULL) as zstd:
         try:
             while not scanner.ended and INFO not in scanner.captured and scanner.offset < (1 << 20):
-                chunk = zstd.stdout.read(64 << 10)
+                chunk = stdout_of(zstd).read(64 << 10)
                 if not chunk:
                     break
                 scanner.feed(chunk)
@@ -371,14 +375,14 @@ def _check_info(path: str, scanner: TarScanner) -> dict:
     return info
 
 
-def scan(path: str | os.PathLike, sink: Callable[[bytes | memoryview], object] | None = None,
+def scan(path: str | os.PathLike, sink: Callable[[Chunk], object] | None = None,
          progress: Progress = _quiet, what: str = "verified") -> tuple[dict, dict, bytes]:
     """Read a whole archive, passing its tar stream to ``sink``; check it; return (info, manifest, conf)."""
     with open_file(path) as f:
         return _scan(f, str(Path(path).absolute()), sink, progress, what)
 
 
-def _scan(f: BinaryIO, path: str, sink: Callable[[bytes | memoryview], object] | None = None,
+def _scan(f: BinaryIO, path: str, sink: Callable[[Chunk], object] | None = None,
           progress: Progress = _quiet, what: str = "verified") -> tuple[dict, dict, bytes]:
     _need("zstd", "zstd")
     total = os.fstat(f.fileno()).st_size
@@ -388,9 +392,10 @@ def _scan(f: BinaryIO, path: str, sink: Callable[[bytes | memoryview], object] |
     os.lseek(f.fileno(), 0, os.SEEK_SET)  # zstd reads the descriptor itself
     with tempfile.TemporaryFile() as errf:
         zstd = subprocess.Popen(["zstd", "-q", "-dc"], stdin=f, stdout=subprocess.PIPE, stderr=errf)
-        big_pipe(zstd.stdout)
+        zstd_out = stdout_of(zstd)
+        big_pipe(zstd_out)
         try:
-            while chunk := zstd.stdout.read1(CHUNK):
+            while chunk := zstd_out.read1(CHUNK):
                 scanner.feed(chunk)
                 if scanner.first is not None and scanner.first != INFO:
                     raise BadArchive(f"{path} is not a vzpanel backup (no {INFO} at its start)")
@@ -403,7 +408,7 @@ def _scan(f: BinaryIO, path: str, sink: Callable[[bytes | memoryview], object] |
                                   f"({scanner.offset / 1e6 / (now - t0):.0f} MB/s)")
                 if scanner.ended:
                     break
-            zstd.stdout.close()
+            zstd_out.close()
             rc = zstd.wait()
         finally:
             _reap(zstd)
@@ -536,8 +541,12 @@ def _restore(eng: Engine, f: BinaryIO, path: str, ctid, force: bool, progress: P
                 rb.add("start the old VE again", lambda: eng._start(old_conf, _quiet))
             old = roots.swap_root(eng, target, new, rb)
             old_text = old_conf.path.read_text()
-            rb.add("put the old config back", lambda: (old_conf.path.write_text(old_text),
-                                                       eng._write_lxc_config(old_conf)))
+
+            def put_back_config() -> None:
+                old_conf.path.write_text(old_text)
+                eng._write_lxc_config(old_conf)
+
+            rb.add("put the old config back", put_back_config)
             conf.save()
             eng._write_lxc_config(conf)
             eng._fail_point("restore:after-swap")

@@ -148,7 +148,7 @@ def _readdress(eng: Engine, ctid: int, links: list[dict]) -> None:
 
 def _mountinfo(path: str) -> list[tuple[str, str, str, str]]:
     """(root within its file system, mount point, fs type, device) of every mount in a mountinfo file."""
-    out = []
+    out: list[tuple[str, str, str, str]] = []
     try:
         text = Path(path).read_text()
     except OSError:

@@ -40,6 +40,7 @@ def full_copy(eng: Engine, source: Path, dest: Path, readonly_source: bool, src_
         return
     temp = None
     if not readonly_source:
+        assert src_ctid is not None, "a root that may change is a VE's: the caller names the VE"
         temp = temp_snapshot(eng, src_ctid, "clone")
         source = temp
     try:

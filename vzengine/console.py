@@ -35,8 +35,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 MAX_ROWS = 500
 MAX_COLS = 1000
@@ -50,7 +54,7 @@ BOOT_TIMEOUT = 600.0  # a VE that has not booted by then gets its shell anyway
 Subscriber = Callable[[bytes], None]
 
 
-def run_id(engine, ctid: int) -> int | None:
+def run_id(engine: Engine, ctid: int) -> int | None:
     """A number that changes with every start of the VE (its cgroup's inode), None when it is not running.
 
     Costs one stat(): the daemon remembers which runs have booted and asks the VE only about new ones.
@@ -68,7 +72,7 @@ def run_id(engine, ctid: int) -> int | None:
     return None
 
 
-def boot_state(engine, ctid: int, check: str | None = None) -> str:
+def boot_state(engine: Engine, ctid: int, check: str | None = None) -> str:
     """"booted", "booting" or "stopped": one run of the template's boot check inside the VE."""
     if not engine.is_running(ctid):
         return "stopped"
@@ -99,15 +103,15 @@ class BootWatch:
     timeout: float = BOOT_TIMEOUT
 
     @classmethod
-    def for_ve(cls, engine, ctid: int, show_log: bool = False, known_booted: bool = False) -> BootWatch | None:
+    def for_ve(cls, engine: Engine, ctid: int, show_log: bool = False, known_booted: bool = False) -> BootWatch | None:
         """A BootWatch if VE ctid is still booting (or show_log and it has a console log), else None.
 
         Blocking (one lxc-attach unless known_booted): call it off the event loop.
         """
         conf = engine.config(ctid)
         check = engine._spec(conf).boot_check
-        log = engine.layout.console_log(conf.ctid)
-        log = log if log.is_file() else None
+        console_log = engine.layout.console_log(conf.ctid)
+        log = console_log if console_log.is_file() else None
         state = "booted" if known_booted else boot_state(engine, conf.ctid, check)
         if state == "booted" and not (show_log and log is not None):
             return None
@@ -115,8 +119,8 @@ class BootWatch:
                    booting=state != "booted")
 
 
-def check_size(rows, cols) -> tuple[int, int]:
-    """Return a terminal size as ints, refusing absurd ones."""
+def check_size(rows: Any, cols: Any) -> tuple[int, int]:
+    """Return a terminal size as ints, refusing absurd ones (and anything a client sent that is no number)."""
     try:
         rows, cols = int(rows), int(cols)
     except (TypeError, ValueError):
@@ -126,7 +130,7 @@ def check_size(rows, cols) -> tuple[int, int]:
     return rows, cols
 
 
-def session_argv(engine, ctid: int, mode: str = "root", term: str | None = None) -> list[str]:
+def session_argv(engine: Engine, ctid: int, mode: str = "root", term: str | None = None) -> list[str]:
     """Return the command line of a console in VE ctid: a root shell, or the VE's own login prompt."""
     if mode not in MODES:
         raise InvalidInput(f"unknown console mode {mode!r} (root or login)")
@@ -153,7 +157,7 @@ class ConsoleSession:
     """One pty and the process on it; output goes to the scrollback and every subscriber."""
 
     def __init__(self, argv: list[str], ctid: int, rows: int = 24, cols: int = 80,
-                 scrollback: int = DEFAULT_SCROLLBACK, env: dict | None = None, boot: BootWatch | None = None):
+                 scrollback: int = DEFAULT_SCROLLBACK, env: dict[str, str] | None = None, boot: BootWatch | None = None):
         self.id = uuid.uuid4().hex
         self.ctid = ctid
         self.argv = argv
@@ -169,7 +173,7 @@ class ConsoleSession:
         self.last_input = time.monotonic()
         self.returncode: int | None = None
         self.closed = asyncio.Event()
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._master = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = bytearray()  # input the pty has not taken yet
@@ -178,8 +182,14 @@ class ConsoleSession:
         self.booting = False  # showing the boot; no process yet
         self.booted = asyncio.Event()  # set when the shell has been started (at once without a boot)
         self.boot_result = ""  # "booted", "stopped", "timeout" or "closed" after a boot phase
-        self._boot_task: asyncio.Task | None = None
+        self._boot_task: asyncio.Task[None] | None = None
         self._boot_paused = False
+
+    @property
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop start() ran on; the pty exists only after start(), so everything that uses it has one."""
+        assert self._loop is not None, "the session has not been started"
+        return self._loop
 
     # --- life -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -225,6 +235,7 @@ class ConsoleSession:
 
     def _follow_log(self, pos: int, limit: int | None = 64 * 1024) -> int:
         """Emit what the console log has beyond pos (LXC truncates it when full); return the new pos."""
+        assert self.boot is not None and self.boot.log is not None, "only called while a boot log is shown"
         log = self.boot.log
         try:
             with open(log, "rb") as f:
@@ -241,6 +252,7 @@ class ConsoleSession:
 
     async def _boot_phase(self) -> None:
         boot = self.boot
+        assert boot is not None, "start() runs the boot phase only for a session with a BootWatch"
         say = "is booting\u2026" if boot.booting else "has booted; its boot messages:"
         self._emit(f"\x1b[33mVE {self.ctid} {say}\x1b[0m\r\n".encode())
         pos = 0
@@ -294,13 +306,13 @@ class ConsoleSession:
         """Stop reading the pty: the process in the VE blocks on output, as on a real terminal (^S)."""
         self._boot_paused = True
         if self._reading and self._master >= 0:
-            self._loop.remove_reader(self._master)
+            self._running_loop.remove_reader(self._master)
         self._reading = False
 
     def resume_reading(self) -> None:
         self._boot_paused = False
         if not self._reading and self._master >= 0:
-            self._loop.add_reader(self._master, self._on_readable)
+            self._running_loop.add_reader(self._master, self._on_readable)
             self._reading = True
 
     @property
@@ -314,7 +326,7 @@ class ConsoleSession:
         if self._master >= 0:
             self.pause_reading()
             with contextlib.suppress(ValueError, RuntimeError):
-                self._loop.remove_writer(self._master)
+                self._running_loop.remove_writer(self._master)
             os.close(self._master)
             self._master = -1
             self._pending.clear()
@@ -332,7 +344,7 @@ class ConsoleSession:
                     self._signal(signal.SIGKILL)
                     self.returncode = self._proc.wait()
         with contextlib.suppress(RuntimeError):  # the loop has gone: nobody waits for us
-            self._loop.call_soon_threadsafe(self.closed.set)
+            self._running_loop.call_soon_threadsafe(self.closed.set)
 
     def _signal(self, sig: int) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -388,12 +400,12 @@ class ConsoleSession:
         except OSError:  # the pty is going away; the reader sees EIO and ends the session
             self._pending.clear()
         if self._pending:
-            self._loop.add_writer(self._master, self._drain)
+            self._running_loop.add_writer(self._master, self._drain)
         else:
             with contextlib.suppress(ValueError, RuntimeError):
-                self._loop.remove_writer(self._master)
+                self._running_loop.remove_writer(self._master)
 
-    def resize(self, rows, cols) -> None:
+    def resize(self, rows: Any, cols: Any) -> None:
         self.rows, self.cols = check_size(rows, cols)
         if self._master >= 0 and not self.closed.is_set():
             self._winsize(self._master)
@@ -433,7 +445,7 @@ class ConsoleSession:
 class SessionRegistry:
     """The node agent's console sessions, one per (VE, mode) at most, ended when idle too long."""
 
-    def __init__(self, idle_timeout: float = 3600.0):
+    def __init__(self, idle_timeout: float = 3600.0) -> None:
         self.idle_timeout = idle_timeout
         self.sessions: dict[str, ConsoleSession] = {}
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
@@ -445,7 +457,7 @@ class SessionRegistry:
         return None
 
     async def open(self, ctid: int, argv: list[str] | Callable[[], list[str]], key: str = "root",
-                   boot: Callable[[], BootWatch | None] | None = None, **kw) -> tuple[ConsoleSession, bool]:
+                   boot: Callable[[], BootWatch | None] | None = None, **kw: Any) -> tuple[ConsoleSession, bool]:
         """Return (session, created): the VE's live session of this kind, or a new one.
 
         argv may be a callable, called (in a thread: it may ask the engine) only when a new
@@ -457,7 +469,7 @@ class SessionRegistry:
             existing = self.find(ctid, key)
             if existing:
                 return existing, False
-            def prepare():
+            def prepare() -> tuple[list[str], BootWatch | None]:
                 return (argv() if callable(argv) else argv), (boot() if boot is not None else None)
 
             argv_, watch = await asyncio.to_thread(prepare) if callable(argv) or boot else (argv, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ipaddress
 import os
@@ -176,7 +177,7 @@ class Engine(Operations):
             out.update(feature.usage(conf))
         return out
 
-    def list(self) -> list[VEInfo]:
+    def list(self) -> list[VEInfo]:  # below, "list" is this method: types say builtins.list
         out = []
         for ctid in self.ctids():
             with contextlib.suppress(NotFound):
@@ -185,7 +186,7 @@ class Engine(Operations):
 
     # --- create ---------------------------------------------------------------------------
     def create(self, ctid, ostemplate: str | None = None, hostname: str | None = None,
-               userpasswd: list[tuple[str, str]] | None = None, nameserver: list[str] | None = None,
+               userpasswd: builtins.list[tuple[str, str]] | None = None, nameserver: builtins.list[str] | None = None,
                onboot: bool = False, progress: Progress = _quiet, **params) -> VEInfo:
         ctid = validate.ctid(ctid)
         ostemplate = validate.template_name(ostemplate or self.layout.settings["DEFAULT_TEMPLATE"])
@@ -237,7 +238,7 @@ class Engine(Operations):
             progress(100, f"VE {ctid} created")
             return self._info(conf)
 
-    def _check_features(self, conf: VEConfig, params: dict, creating: bool) -> list[tuple[Feature, dict]]:
+    def _check_features(self, conf: VEConfig, params: dict, creating: bool) -> builtins.list[tuple[Feature, dict]]:
         """Split ``params`` among the features and let each validate its own; refuse the rest."""
         out, left = [], dict(params)
         for feature in self.features:
@@ -268,7 +269,7 @@ class Engine(Operations):
     def _write_lxc_config(self, conf: VEConfig) -> None:
         self.lxc.write_config(conf.ctid, self.lxc_config(conf))
 
-    def lxc_config(self, conf: VEConfig) -> list[str]:
+    def lxc_config(self, conf: VEConfig) -> builtins.list[str]:
         """The LXC config of a VE, derived from its vzpanel config at every start."""
         return lxcconf.lxc_config(self, conf)
 
@@ -404,7 +405,7 @@ class Engine(Operations):
         progress(100, f"VE {conf.ctid} restarted")
         return self._info(conf)
 
-    def start_onboot(self, progress: Progress = _quiet) -> list[tuple[int, str]]:
+    def start_onboot(self, progress: Progress = _quiet) -> builtins.list[tuple[int, str]]:
         """Start every VE whose ONBOOT is yes; return (ctid, error) for those that failed."""
         failed = []
         for ctid in self.ctids():
@@ -454,8 +455,8 @@ class Engine(Operations):
         self.storage.delete(self.layout.private(ctid))
 
     # --- set ------------------------------------------------------------------------------
-    def set(self, ctid, hostname: str | None = None, userpasswd: list[tuple[str, str]] | None = None,
-            nameserver: list[str] | None = None, searchdomain: str | None = None,
+    def set(self, ctid, hostname: str | None = None, userpasswd: builtins.list[tuple[str, str]] | None = None,
+            nameserver: builtins.list[str] | None = None, searchdomain: str | None = None,
             onboot: bool | None = None, save: bool = True, progress: Progress = _quiet, **params) -> VEInfo:
         conf = self.config(ctid)
         ctid = conf.ctid
@@ -513,13 +514,13 @@ class Engine(Operations):
             self.lxc.attach(ctid, ["chpasswd"], input=f"{user}:{password}\n", check=True)
 
     # --- exec / enter ---------------------------------------------------------------------
-    def exec(self, ctid, command: list[str] | str, input: str | bytes | None = None,
+    def exec(self, ctid, command: builtins.list[str] | str, input: str | bytes | None = None,
              timeout: float | None = None) -> subprocess.CompletedProcess:
         """Run a shell command line inside a running VE as its root; return the finished process."""
         return subprocess.run(self.exec_argv(ctid, command), input=input, capture_output=True,
                               text=not isinstance(input, bytes), timeout=timeout, check=False)
 
-    def exec_argv(self, ctid, command: list[str] | str) -> list[str]:
+    def exec_argv(self, ctid, command: builtins.list[str] | str) -> builtins.list[str]:
         """The command line that runs ``command`` (joined, through /bin/sh -c, as vzctl exec does)."""
         conf = self.config(ctid)
         if not self.is_running(conf.ctid):
@@ -527,7 +528,7 @@ class Engine(Operations):
         line = command if isinstance(command, str) else " ".join(command)
         return self.lxc.attach_argv(conf.ctid, ["/bin/sh", "-c", line])
 
-    def console_argv(self, ctid) -> list[str]:
+    def console_argv(self, ctid) -> builtins.list[str]:
         """The command line that attaches the terminal to a running VE's console (Ctrl-a q detaches)."""
         conf = self.config(ctid)
         if not self._spec(conf).checkpointable and self.is_running(conf.ctid):
@@ -538,7 +539,7 @@ class Engine(Operations):
         raise Unsupported(f"VE {conf.ctid} has no console device: VEs whose template can be checkpointed "
                           f"({conf.get('OSTEMPLATE') or 'this one'}) have none, which CRIU needs; use vzctl enter")
 
-    def enter_argv(self, ctid, term: str | None = None) -> list[str]:
+    def enter_argv(self, ctid, term: str | None = None) -> builtins.list[str]:
         """The command line that opens a root login shell inside a running VE."""
         conf = self.config(ctid)
         if not self.is_running(conf.ctid):

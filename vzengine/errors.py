@@ -1,5 +1,9 @@
 """Errors the engine raises: each carries one user-facing line in ``message``."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 
 class VZError(Exception):
     """An expected failure, explained in one line for the user.
@@ -54,7 +58,7 @@ class CommandFailed(VZError):
 
     exit_code = 7
 
-    def __init__(self, message: str, cmd=None, returncode=None, output: str = ""):
+    def __init__(self, message: str, cmd: Sequence[str] | None = None, returncode: int | None = None, output: str = "") -> None:
         super().__init__(message)
         self.cmd = cmd
         self.returncode = returncode

@@ -149,6 +149,7 @@ class Firewall:
         """
         iface = f"{self.ifprefix}+"
         pools = list(pools)
+        post: list[str] = []  # filled below
         chains: dict[str, dict[str, list[str] | None]] = {
             "raw": {self.chain("AS"): (["-d 127.0.0.0/8 -j DROP"] if family == 4 else [])
                     + ["-m rpfilter --invert -j DROP"]},
@@ -156,9 +157,8 @@ class Firewall:
                        self.chain("LIM"): None,
                        self.chain("FWD"): [f"-i {iface} -m conntrack --ctstate NEW -j {self.chain('LIM')}",
                                            f"-i {iface} -j ACCEPT", f"-o {iface} -j ACCEPT"]},
-            "nat": {self.chain("PF"): None, self.chain("POST"): []},
+            "nat": {self.chain("PF"): None, self.chain("POST"): post},
         }
-        post = chains["nat"][self.chain("POST")]
         for net in pools:
             post.append(f"-s {net} -o {iface} -m conntrack --ctstate DNAT -j MASQUERADE")
         if nat:

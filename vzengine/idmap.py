@@ -9,6 +9,7 @@ import os
 import stat
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import StateError
@@ -87,7 +88,7 @@ def overlaps_region(base: int, size: int) -> bool:
 
 
 @contextlib.contextmanager
-def _locked():
+def _locked() -> Iterator[None]:
     """Hold the host-wide allocator lock (an flock on <RANGE_DIR>/.lock)."""
     RANGE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(RANGE_DIR / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

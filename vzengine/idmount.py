@@ -43,7 +43,7 @@ def _check_arch() -> None:
         raise Unsupported(f"id-mapped VE roots are not wired up for {platform.machine()} (x86_64, aarch64 only)")
 
 
-def _syscall(name: str, *args) -> int:
+def _syscall(name: str, *args: object) -> int:
     ret = _libc.syscall(ctypes.c_long(_SYS[name]), *args)
     if ret < 0:
         err = ctypes.get_errno()

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import Busy
@@ -25,7 +26,7 @@ def flock_within(fd: int, wait: float, interval: float = 0.05) -> bool:
 
 
 @contextlib.contextmanager
-def ve_lock(lockdir: Path, ctid: int, operation: str, wait: float = 0.0):
+def ve_lock(lockdir: Path, ctid: int, operation: str, wait: float = 0.0) -> Iterator[None]:
     """Hold the VE's lock for ``operation``; wait up to ``wait`` seconds, then raise Busy."""
     path = lockdir / f"{ctid}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

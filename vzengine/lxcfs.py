@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import CommandFailed
@@ -69,7 +70,7 @@ def pidfile(layout: Layout) -> Path:
 
 
 @contextlib.contextmanager
-def _host_lock():
+def _host_lock() -> Iterator[None]:
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

@@ -26,7 +26,9 @@ import ipaddress
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError as _PyrNetlinkError
@@ -126,7 +128,7 @@ def netns_socket(netns_fd: int, family: int = socket.AF_NETLINK, kind: int = soc
     return out["sock"]
 
 
-def _wrap(fn, *args, **kwargs):
+def _wrap(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except _PyrNetlinkError as e:
@@ -164,12 +166,12 @@ class Netlink:
     def __enter__(self) -> Netlink:
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     # --- links ----------------------------------------------------------------------------
     @staticmethod
-    def _link(msg) -> Link:
+    def _link(msg: Any) -> Link:  # a pyroute2 ifinfmsg (pyroute2 has no types)
         kind = ""
         info = msg.get_attr("IFLA_LINKINFO")
         if info is not None:
@@ -421,7 +423,7 @@ class Netlink:
 
 
 
-def watch_deleted_links(on_deleted, stop: threading.Event) -> None:
+def watch_deleted_links(on_deleted: Callable[[str, int, dict[str, int]], object], stop: threading.Event) -> None:
     """Call ``on_deleted(name, ifindex, stats)`` for every interface deleted in this network namespace until
     ``stop`` is set; ``stats`` are the kernel's last counters of it (IFLA_STATS64: rx_bytes, tx_bytes, ...),
     which the deletion message carries: the only record of them once the interface is gone.

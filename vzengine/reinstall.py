@@ -146,8 +146,12 @@ def reinstall(eng: Engine, ctid, ostemplate: str | None = None, keep: list[str] 
         old_text, old_template = conf.path.read_text(), conf.ostemplate
         conf.set("OSTEMPLATE", template)
         conf.save()
-        rb.add("put the old config back", lambda: (conf.path.write_text(old_text), eng._write_lxc_config(
-            VEConfig.load(conf.path, ctid))))
+
+        def put_back_config() -> None:
+            conf.path.write_text(old_text)
+            eng._write_lxc_config(VEConfig.load(conf.path, ctid))
+
+        rb.add("put the old config back", put_back_config)
         eng._write_lxc_config(conf)
         eng._fail_point("reinstall:after-swap")
         if running:

@@ -168,6 +168,7 @@ class ResourcesFeature(Feature):
             if ver is None or not changed & set(knob.keys):
                 continue
             name = knob.file(ver)
+            assert name is not None, "knob_version() gives only a version the knob has a file on"
             if knob.per_device:  # the file lists only devices with a rule: undo from the table
                 undo = knob.values(ver, old, ctx)
             else:  # undo to what is live now (a change made without --save may differ from the config)
@@ -178,9 +179,14 @@ class ResourcesFeature(Feature):
             writes.sort(key=lambda w: w[0].file(w[1]) != "memory.memsw.limit_in_bytes")
         for knob, ver, values, undo in writes:
             name = knob.file(ver)
+            assert name is not None, "checked above"
+
+            def restore(controller: str = knob.controller, name: str = name, undo: list[str] = undo) -> None:
+                for v in undo:
+                    cgroups.write(controller, rel, name, v)
+
             # Registered first: a write that fails half-way (one device of several) is undone too.
-            rb.add(f"restore {name} of VE {ctid}",
-                   lambda k=knob, n=name, u=undo: [cgroups.write(k.controller, rel, n, v) for v in u])
+            rb.add(f"restore {name} of VE {ctid}", restore)
             for value in values:
                 self._write(ctid, knob.controller, rel, name, value, new)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from types import TracebackType
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ class Rollback:
     def __enter__(self) -> Rollback:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is not None:
             self.undo()
         self._undo.clear()

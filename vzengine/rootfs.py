@@ -16,6 +16,7 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import VZError
@@ -39,7 +40,7 @@ def _open_dir(name: str, dir_fd: int) -> int:
 
 
 @contextlib.contextmanager
-def _dir_fd(root: Path, parts: list[str], create: bool = False, uid: int = -1, gid: int = -1):
+def _dir_fd(root: Path, parts: list[str], create: bool = False, uid: int = -1, gid: int = -1) -> Iterator[int]:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in parts:

@@ -30,8 +30,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .cgroups import read_fast as _read
+from .layout import Layout
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 
 def _int(text: str | None) -> int | None:
@@ -64,7 +70,8 @@ class Reading:
     net_out: int | None = None
 
 
-def rate(now: float, prev: Reading | None, run, value, prev_run, prev_value) -> float | None:
+def rate(now: float, prev: Reading | None, run: int | None, value: int | None, prev_run: int | None,
+         prev_value: int | None) -> float | None:
     """Units per second between two readings; a new run (or a counter that went down) counts from zero.
 
     None when there is no previous reading or no value now.
@@ -79,18 +86,31 @@ def rate(now: float, prev: Reading | None, run, value, prev_run, prev_value) -> 
     return (value - prev_value) / elapsed
 
 
+class VESample(TypedDict):
+    """One VE's values in a pass: rates over the interval, the rest as they are now."""
+
+    cpu: int  # milli-CPUs
+    mem: int | None
+    disk: int | None
+    net_in: int  # bytes per second
+    net_out: int
+    nproc: int
+
+
 class Sampler:
     """Keeps the previous pass's counters of one engine root between calls (the agent is long-lived)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.prev: dict[int, Reading] = {}
         self.host_prev: tuple[float, int, int] | None = None  # (monotonic, busy jiffies, total jiffies)
         self.last_slot: int | None = None
         self.subvol: dict[int, int] = {}  # ctid -> btrfs subvolume id
         self.lock = threading.Lock()
 
-    def sample(self, engine, cgroup_path: Callable, interval: int = 10, subvolume_id: Callable | None = None,
-               qgroups: Callable | None = None, ifname: Callable | None = None) -> dict:
+    def sample(self, engine: Engine, cgroup_path: Callable[[str, str], Path | None], interval: int = 10,
+               subvolume_id: Callable[[Path], int | None] | None = None,
+               qgroups: Callable[[], Path | None] | None = None,
+               ifname: Callable[[int], str] | None = None) -> dict[str, Any]:
         """Sample every VE of ``engine`` and the host once; return {"ts", "interval", "ves", "node"}.
 
         ``ts`` is the start of the ``interval``-second slot the pass falls in; a second pass in the same slot
@@ -104,13 +124,15 @@ class Sampler:
             self.last_slot = slot
             return self._pass(engine, cgroup_path, slot, interval, subvolume_id, qgroups, ifname)
 
-    def _pass(self, engine, cgroup_path, slot, interval, subvolume_id, qgroups, ifname) -> dict:
+    def _pass(self, engine: Engine, cgroup_path: Callable[[str, str], Path | None], slot: int, interval: int,
+              subvolume_id: Callable[[Path], int | None] | None, qgroups: Callable[[], Path | None] | None,
+              ifname: Callable[[int], str] | None) -> dict[str, Any]:
         layout = engine.layout
         base = {c: cgroup_path(c, "") for c in ("cpuacct", "cpu", "memory", "pids")}
         v1 = base["cpuacct"] is not None
         cpu_base = base["cpuacct"] if v1 else base["cpu"]
         qdir = qgroups() if qgroups else None
-        ves: dict[str, dict] = {}
+        ves: dict[str, VESample] = {}
         seen = set()
         for ctid in engine.ctids():
             seen.add(ctid)
@@ -135,9 +157,10 @@ class Sampler:
             if ifname is not None:
                 self._read_net(r, ifname(ctid))
             self.prev[ctid] = r
-            cpu = rate(now, prev, r.cpu_run, r.cpu_ns, prev and prev.cpu_run, prev and prev.cpu_ns)
+            cpu = rate(now, prev, r.cpu_run, r.cpu_ns, prev.cpu_run if prev else None, prev.cpu_ns if prev else None)
             if cpu is None:
                 continue  # first sight of this run: no rate yet
+            assert prev is not None, "rate() gave a value, so there is a previous reading"
             net_in = rate(now, prev, r.net_run, r.net_in, prev.net_run, prev.net_in)
             net_out = rate(now, prev, r.net_run, r.net_out, prev.net_run, prev.net_out)
             ves[str(ctid)] = {
@@ -161,7 +184,8 @@ class Sampler:
             r.net_in = _int(_read(f"{base}/statistics/tx_bytes"))  # what the host sends down the veth: VE's in
             r.net_out = _int(_read(f"{base}/statistics/rx_bytes"))
 
-    def _disk(self, ctid: int, layout, qdir, subvolume_id) -> int | None:
+    def _disk(self, ctid: int, layout: Layout, qdir: Path | None,
+              subvolume_id: Callable[[Path], int | None] | None) -> int | None:
         """Bytes the VE's subvolume references (btrfs qgroups), None where there is no quota accounting."""
         if qdir is None or subvolume_id is None:
             return None
@@ -176,7 +200,7 @@ class Sampler:
         self.subvol[ctid] = sid
         return _int(_read(f"{qdir}/0_{sid}/referenced"))
 
-    def _host(self, layout, ves: dict) -> dict | None:
+    def _host(self, layout: Layout, ves: dict[str, VESample]) -> dict[str, int | None] | None:
         """The node itself: CPUs busy, memory in use, pool space used, its VEs' traffic, its processes."""
         now = time.monotonic()
         fields = (_read("/proc/stat") or "").split("\n", 1)[0].split()[1:]
@@ -215,6 +239,6 @@ SAMPLERS: dict[str, Sampler] = {}  # one per engine root (tests run agents on pr
 _samplers_lock = threading.Lock()
 
 
-def sampler_for(root) -> Sampler:
+def sampler_for(root: Path | str) -> Sampler:
     with _samplers_lock:
         return SAMPLERS.setdefault(str(root), Sampler())

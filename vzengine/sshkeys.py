@@ -12,9 +12,14 @@ Debian 12's sshd_config includes sshd_config.d/*.conf first, so the drop-in wins
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import rootfs, validate
 from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 MAX_KEYS = 32
 MAX_KEY_LINE = 16384  # an RSA-16384 public key is about 2.8 kB; options and a comment fit easily
@@ -37,7 +42,7 @@ def check_key(line: str) -> str:
     return line
 
 
-def set_keys(engine, ctid, keys: list[str], password_login: bool) -> dict:
+def set_keys(engine: Engine, ctid: int | str, keys: list[str], password_login: bool) -> dict:
     """Make ``keys`` root's authorized_keys in VE ctid and switch password log-in over SSH on or off."""
     ctid = validate.ctid(ctid)
     if len(keys) > MAX_KEYS:
@@ -66,7 +71,7 @@ def set_keys(engine, ctid, keys: list[str], password_login: bool) -> dict:
             "reloaded": reloaded}
 
 
-def _chmod_dir(root, rel: str, mode: int) -> None:
+def _chmod_dir(root: Path, rel: str, mode: int) -> None:
     """chmod directory /rel inside the VE without following a link on the way."""
     import os
 

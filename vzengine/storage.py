@@ -626,8 +626,10 @@ def pipe(cmd1: list[str], cmd2: list[str], what: str) -> None:
     """Run ``cmd1 | cmd2``; raise CommandFailed naming ``what`` with the failing side's errors."""
     with tempfile.TemporaryFile() as e1, tempfile.TemporaryFile() as e2:
         p1 = subprocess.Popen(cmd1, stdout=subprocess.PIPE, stderr=e1)
-        p2 = subprocess.Popen(cmd2, stdin=p1.stdout, stderr=e2)
-        p1.stdout.close()
+        p1_out = p1.stdout
+        assert p1_out is not None, "stdout=PIPE"
+        p2 = subprocess.Popen(cmd2, stdin=p1_out, stderr=e2)
+        p1_out.close()
         rc2, rc1 = p2.wait(), p1.wait()
         for rc, f, cmd in ((rc1, e1, cmd1), (rc2, e2, cmd2)):
             if rc != 0:

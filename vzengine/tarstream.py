@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
+import subprocess
 from typing import IO
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 CHUNK = 1 << 20
 NO_DATA = {b"1", b"2", b"3", b"4", b"5", b"6"}  # hard and symbolic links, devices, directories, FIFOs
+Chunk = bytes | bytearray | memoryview  # a piece of a tar stream, as it is fed and passed on
 
 
 def octal(field: bytes) -> int | None:
@@ -76,6 +79,19 @@ def big_pipe(f: IO[bytes] | None) -> None:
         fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
 
 
+def stdout_of(proc: subprocess.Popen[bytes]) -> io.BufferedReader:
+    """The stdout of a tool started with stdout=PIPE (binary, buffered: it has read1)."""
+    out = proc.stdout
+    assert isinstance(out, io.BufferedReader), "started with stdout=PIPE and the default buffering"
+    return out
+
+
+def stdin_of(proc: subprocess.Popen[bytes]) -> IO[bytes]:
+    """The stdin of a tool started with stdin=PIPE."""
+    assert proc.stdin is not None, "started with stdin=PIPE"
+    return proc.stdin
+
+
 def tail(f: IO[bytes]) -> str:
     """The last lines of a tool's error output (a temporary file), for a message."""
     f.seek(0)
@@ -98,7 +114,7 @@ class TarStream:
         self._take = 0  # how much of that is data being captured (not padding)
         self._capture: bytearray | None = None
 
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: Chunk) -> None:
         view = memoryview(data)
         i, n = 0, len(view)
         while i < n and not self.ended:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 from .errors import CommandFailed
 from .run import run, which
@@ -19,7 +20,7 @@ from .run import run, which
 TC = "tc"
 
 
-def _tc(*args: str, what: str, check: bool = True):
+def _tc(*args: str, what: str, check: bool = True) -> subprocess.CompletedProcess:
     if which(TC) is None:
         raise CommandFailed("traffic shaping needs tc: apt-get install iproute2")
     return run([TC, *args], what=what, check=check)

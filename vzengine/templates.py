@@ -16,8 +16,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import archive, rootfs, validate
 from .errors import AlreadyExists, CommandFailed, InvalidInput, NotFound, Unsupported
@@ -28,6 +30,9 @@ from .progress import quiet as _quiet
 from .rollback import Rollback
 from .run import run, which
 from .storage import Storage
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 COMMON_PACKAGES = [
     "openssh-server", "iproute2", "iputils-ping", "iptables", "procps", "less", "vim-tiny",
@@ -160,7 +165,9 @@ class TemplateStore:
 
     def is_fresh(self, name: str) -> bool:
         meta = self._cached_meta(name)
-        return bool(meta) and (name not in SPECS or meta.get("version") == SPECS[name].version)
+        if not meta:
+            return False
+        return name not in SPECS or meta.get("version") == SPECS[name].version
 
     def list(self) -> list[TemplateInfo]:
         out = []
@@ -178,7 +185,7 @@ class TemplateStore:
 
     # --- build into the cache -------------------------------------------------------------
     @contextlib.contextmanager
-    def _build_lock(self, name: str):
+    def _build_lock(self, name: str) -> Iterator[None]:
         self.cache.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.cache / f".{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -195,7 +202,9 @@ class TemplateStore:
         with self._build_lock(name):
             if not force and self.is_fresh(name):
                 progress(100, f"template {name} is already built")
-                return self._cached_meta(name)
+                fresh = self._cached_meta(name)
+                assert fresh is not None, "is_fresh() has just read it, under the build lock"
+                return fresh
             started = time.monotonic()
             work = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=self.cache))
             try:
@@ -239,6 +248,7 @@ class TemplateStore:
                 raise NotFound(f"template {name} is not built yet: run 'vzctl template build {name}'")
             self.build(name, progress)
         cached = self._cached_meta(name)
+        assert cached is not None, "is_fresh() has read it, or build() has just written it"
         dest = self.layout.template_root(name)
         imported = self._imported_meta(name)
         if imported and imported.get("built_at") == cached.get("built_at") and dest.exists():
@@ -413,6 +423,7 @@ def build_debian(spec: TemplateSpec, tree: Path, debcache: Path, progress: Progr
     tail: list[str] = []
     pct = 1
     last = 0.0
+    assert proc.stdout is not None, "stdout=PIPE"
     for line in proc.stdout:
         line = line.rstrip()
         tail = [*tail[-20:], line]
@@ -492,7 +503,7 @@ def configure_debian(spec: TemplateSpec, tree: Path) -> None:
         raise InvalidInput(f"template {spec.name}: the built system has no /sbin/init")
 
 
-def save_ve(engine, ctid, name: str, description: str = "", replace: bool = False,
+def save_ve(engine: Engine, ctid: int, name: str, description: str = "", replace: bool = False,
             progress: Progress = _quiet) -> dict:
     """Save VE ``ctid`` (running or not; a running VE is copied crash-consistently) as a template."""
     conf = engine.config(ctid)

@@ -17,7 +17,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
-def ctid(value) -> int:
+def ctid(value: object) -> int:
     """Return a VE id as int: a whole number from 100 to 999999999."""
     s = str(value).strip()
     if not s.isdigit():
@@ -76,7 +76,7 @@ def userpasswd(value: str) -> tuple[str, str]:
     return username(user), password
 
 
-def size(value, *, what: str = "size", minimum: int = 0, maximum: int = 1 << 60) -> int:
+def size(value: object, *, what: str = "size", minimum: int = 0, maximum: int = 1 << 60) -> int:
     """Parse a size like 512M, 5G, 1.5GiB or a plain number of bytes; return bytes."""
     if isinstance(value, int) and not isinstance(value, bool):
         n = value
@@ -94,7 +94,7 @@ def size(value, *, what: str = "size", minimum: int = 0, maximum: int = 1 << 60)
     return n
 
 
-def human_size(n: int) -> str:
+def human_size(n: float) -> str:
     for unit in ("", "K", "M", "G", "T"):
         if abs(n) < 1024 or unit == "T":
             return f"{n:.0f}{unit}" if unit == "" or n == int(n) else f"{n:.1f}{unit}"
@@ -102,7 +102,7 @@ def human_size(n: int) -> str:
     return str(n)
 
 
-def boolean(value) -> bool:
+def boolean(value: object) -> bool:
     s = str(value).strip().lower()
     if s in ("yes", "y", "true", "on", "1"):
         return True

@@ -34,7 +34,7 @@ class VEConfig:
     def get(self, key: str, default: str = "") -> str:
         return self.values.get(key, default)
 
-    def set(self, key: str, value) -> None:
+    def set(self, key: str, value: object) -> None:
         if value is None or value == "":
             self.values.pop(key, None)
         else:

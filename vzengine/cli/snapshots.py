@@ -110,8 +110,8 @@ def run_command(eng: Engine, args: argparse.Namespace, progress: Progress) -> in
     if cmd not in COMMANDS:
         return None
     if cmd == "snapshot":
-        info = snapshot(eng, args.ctid, args.name, args.description, progress=progress)
-        print(f"VE {validate.ctid(args.ctid)}: snapshot {info.name} taken")
+        snap = snapshot(eng, args.ctid, args.name, args.description, progress=progress)
+        print(f"VE {validate.ctid(args.ctid)}: snapshot {snap.name} taken")
     elif cmd == "snapshot-list":
         _print_snapshots(snapshot_list(eng, args.ctid), args.json)
     elif cmd == "snapshot-switch":

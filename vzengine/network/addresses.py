@@ -86,7 +86,7 @@ def first_of(addrs: list[Address], version: int) -> Address | None:
 
 # --- fairness: rate and conntrack cap ----------------------------------------------------------
 
-def parse_rate(value, what: str = "--rate") -> int | None:
+def parse_rate(value: object, what: str = "--rate") -> int | None:
     """A bandwidth in kbit/s: a plain number is kbit/s (as in OpenVZ), or 512K, 10M, 1.5G
     (kbit, mbit, gbit); unlimited (or 0) for none."""
     s = str(value).strip()
@@ -101,7 +101,7 @@ def parse_rate(value, what: str = "--rate") -> int | None:
     return int(kbit)
 
 
-def parse_conntrack(value, what: str = "--conntrack") -> int | None:
+def parse_conntrack(value: object, what: str = "--conntrack") -> int | None:
     """A number of tracked connections, or unlimited."""
     s = str(value).strip()
     if s.lower() in UNLIMITED:

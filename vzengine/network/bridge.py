@@ -22,12 +22,25 @@ from .naming import MAX_NETIFS, netif_host_name
 from .veth import VE_IFNAME
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+
+    from ..layout import Layout
     from ..rollback import Rollback
     from ..veconf import VEConfig
 
 
 class BridgedMixin:
     """NetworkFeature's bridged interfaces (it provides ``layout``, ``_other_confs``, ``_netlock``, ``_open_netns``)."""
+
+    if TYPE_CHECKING:  # what NetworkFeature provides
+        @property
+        def layout(self) -> Layout: ...
+        @property
+        def ifprefix(self) -> str: ...
+        def _other_confs(self, ctid: int) -> Iterator[tuple[int, dict[str, str]]]: ...
+        def _netlock(self) -> AbstractContextManager[None]: ...
+        def _open_netns(self, ctid: int) -> int | None: ...
 
     @staticmethod
     def netifs(conf: VEConfig) -> list[NetIf]:

@@ -18,7 +18,14 @@ from .hostcheck import link_exists
 from .naming import ifb_name
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+
+    from ..firewall import Firewall
+    from ..layout import Layout
     from ..veconf import VEConfig
+    from .addresses import Address, NetIf
+    from .pool import NetSettings
 
 Limits = tuple[int | None, int | None]  # (rate in kbit/s, conntrack cap); None: unlimited
 
@@ -26,6 +33,20 @@ Limits = tuple[int | None, int | None]  # (rate in kbit/s, conntrack cap); None:
 class LimitsMixin:
     """NetworkFeature's traffic limits (it provides ``settings``, ``ifname``, ``netifs``, ``firewall``,
     ``_netlock``, ``_stamp``, ``_ensure_host``)."""
+
+    if TYPE_CHECKING:  # what NetworkFeature provides
+        @property
+        def layout(self) -> Layout: ...
+        @property
+        def firewall(self) -> Firewall: ...
+        @property
+        def _stamp(self) -> Path: ...
+        def settings(self) -> NetSettings: ...
+        def ifname(self, ctid: int) -> str: ...
+        def netifs(self, conf: VEConfig) -> list[NetIf]: ...
+        def addresses(self, conf: VEConfig) -> list[Address]: ...
+        def _netlock(self) -> AbstractContextManager[None]: ...
+        def _ensure_host(self, versions: set[int]) -> None: ...
 
     def limits(self, conf: VEConfig) -> Limits:
         """(rate in kbit/s, conntrack cap) of a VE: its own (RATE, CONNTRACK_MAX), else vz.conf's."""

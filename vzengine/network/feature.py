@@ -35,6 +35,7 @@ from .traffic import COUNTERS, TrafficMixin
 from .veth import RoutedMixin
 
 if TYPE_CHECKING:
+    from ..layout import Layout
     from ..rollback import Rollback
     from ..veconf import VEConfig
 
@@ -47,7 +48,7 @@ class NetworkFeature(RoutedMixin, BridgedMixin, LimitsMixin, TrafficMixin, Netns
 
     # --- names and settings ---------------------------------------------------------------
     @property
-    def layout(self):
+    def layout(self) -> Layout:
         return self.engine.layout
 
     def settings(self) -> NetSettings:

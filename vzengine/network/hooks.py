@@ -20,11 +20,15 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..layout import Layout
 
 PROJECT = Path(__file__).resolve().parents[2]  # what PYTHONPATH must hold for ``-m vzengine.cli.vzctl``
 
 
-def start_host_hook(lay) -> str:
+def start_host_hook(lay: Layout) -> str:
     """The start-host hook of the engine root ``lay`` (a Layout)."""
     # Shell builtins only (no grep, no cat): it runs inside every lxc-start.
     return f"""#!/bin/sh

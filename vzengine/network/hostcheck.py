@@ -9,13 +9,18 @@ VE's veth (another root's VE, or any other tool's), is refused.
 from __future__ import annotations
 
 from pathlib import Path
+from types import EllipsisType
+from typing import TYPE_CHECKING
 
 from .addresses import Address
+
+if TYPE_CHECKING:
+    from ..netlink import Netlink, Route
 
 RTN_NAMES = {6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 
 
-def host_use(host, addr: Address, own: str, route=...) -> str | None:
+def host_use(host: Netlink, addr: Address, own: str, route: Route | EllipsisType | None = ...) -> str | None:
     """Why ``addr`` cannot go to the VE whose host-side veth is ``own``: the host has it on one of
     its interfaces, or routes it (a /32 or /128 route, of any engine root or tool) to another
     interface; None when it is free. ``host`` is a Netlink of the host; ``route`` its lookup, if

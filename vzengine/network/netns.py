@@ -11,16 +11,21 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .. import cgroups
 from ..errors import StateError
 
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..layout import Layout
+
 MS_BIND = 4096
 MNT_DETACH = 2
-_libc_handle: list = []
+_libc_handle: list[Any] = []  # the ctypes.CDLL of libc, once loaded
 
 
-def _libc():
+def _libc() -> Any:
     if not _libc_handle:
         import ctypes
         import ctypes.util
@@ -31,6 +36,12 @@ def _libc():
 
 class NetnsMixin:
     """NetworkFeature's namespace handling (it provides ``layout`` and ``engine``)."""
+
+    if TYPE_CHECKING:  # what NetworkFeature provides
+        engine: Engine
+
+        @property
+        def layout(self) -> Layout: ...
 
     def _netns_handle(self, ctid: int) -> Path:
         return self.layout.rundir / "netns" / str(ctid)

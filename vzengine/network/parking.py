@@ -24,10 +24,14 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import CommandFailed
 from .addresses import host_iface, parse_ifname, parse_netifs
 from .naming import PARK_SLOTS, park_name
+
+if TYPE_CHECKING:
+    from ..netlink import Netlink, StaticRoute
 
 DEFAULT = {"-4": ipaddress.ip_network("0.0.0.0/0"), "-6": ipaddress.ip_network("::/0")}
 FAMILIES = {"-4": socket.AF_INET, "-6": socket.AF_INET6}
@@ -51,7 +55,7 @@ class Detached:
 
 
 @contextlib.contextmanager
-def _ve(pid: int) -> Iterator:
+def _ve(pid: int) -> Iterator[Netlink]:
     """A Netlink of the network namespace of the VE whose init is ``pid`` (CommandFailed when it is gone)."""
     from ..netlink import Netlink
 
@@ -70,7 +74,7 @@ def _family(addr: str) -> str:
     return "-6" if ":" in addr else "-4"
 
 
-def route_args(family: str, route) -> list[str]:
+def route_args(family: str, route: StaticRoute) -> list[str]:
     """A StaticRoute as the `ip route add` arguments the marker keeps."""
     args = [family, "default" if route.dst.prefixlen == 0 else str(route.dst)]
     if route.gateway is not None:
@@ -82,7 +86,7 @@ def route_args(family: str, route) -> list[str]:
     return args
 
 
-def parse_route_args(args) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, dict] | None:
+def parse_route_args(args: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, dict] | None:
     """(destination, add_route keyword arguments) of a kept route; None for anything else."""
     if not isinstance(args, list) or len(args) < 2 or not all(isinstance(a, str) for a in args):
         return None
@@ -109,14 +113,14 @@ def parse_route_args(args) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Networ
     return net, kwargs
 
 
-def _interface(value) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | None:
+def _interface(value: object) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | None:
     try:
         return ipaddress.ip_interface(value) if isinstance(value, str) else None
     except ValueError:
         return None
 
 
-def _add_routes(ve, name: str, routes: list) -> None:
+def _add_routes(ve: Netlink, name: str, routes: list) -> None:
     from ..netlink import NetlinkError
 
     for args in routes:
@@ -231,7 +235,8 @@ def readdress(pid: int, links: list[dict]) -> None:
         for link in links:
             # The marker was written by the engine, but what it holds was read from inside the VE.
             try:
-                name = parse_ifname(link.get("name"), "interface name") if isinstance(link.get("name"), str) else None
+                given = link.get("name")
+                name = parse_ifname(given, "interface name") if isinstance(given, str) else None
             except InvalidInput:
                 name = None
             if name is None or ve.link(name) is None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import InvalidInput
 from .addresses import Address, parse_conntrack, parse_forward, parse_rate
@@ -36,6 +36,23 @@ NET_DEFAULTS = {
 }
 CLAIM_SECONDS = 120  # how long an address picked by a create/set still in progress stays taken
 WALK_LIMIT = 1_000_000  # a huge IPv6 pool is not walked to its end: nobody takes a million addresses
+
+_A = TypeVar("_A", ipaddress.IPv4Address, ipaddress.IPv6Address)
+
+
+def _host_address(key: str, value: str, kind: type[_A], pools: list) -> _A | None:
+    """HOST_IP or HOST_IP6: the address given, else the first address of the first pool (None: no pool)."""
+    if not value:
+        return pools[0].network_address + 1 if pools else None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidInput(f"{key}={value!r} in vz.conf is not an IP address") from None
+    try:
+        return kind(value)
+    except ValueError:
+        version = 4 if kind is ipaddress.IPv4Address else 6
+        raise InvalidInput(f"{key} in vz.conf takes an IPv{version} address, not {value}") from None
 
 
 @dataclass(frozen=True)
@@ -65,16 +82,8 @@ class NetSettings:
                 if net.version != version:
                     raise InvalidInput(f"{key} in vz.conf takes IPv{version} networks, not {item}")
                 pools[version].append(net)
-        host: dict[int, Address | None] = {}
-        for key, version in (("HOST_IP", 4), ("HOST_IP6", 6)):
-            value = get(key)
-            if value:
-                try:
-                    host[version] = ipaddress.ip_address(value)
-                except ValueError:
-                    raise InvalidInput(f"{key}={value!r} in vz.conf is not an IP address") from None
-            else:
-                host[version] = pools[version][0].network_address + 1 if pools[version] else None
+        host4 = _host_address("HOST_IP", get("HOST_IP"), ipaddress.IPv4Address, pools[4])
+        host6 = _host_address("HOST_IP6", get("HOST_IP6"), ipaddress.IPv6Address, pools[6])
         nat = get("NAT").strip().lower() in ("yes", "y", "true", "on", "1")
         ports = []
         for item in get("HOST_PORTS").replace(",", " ").split():
@@ -85,7 +94,7 @@ class NetSettings:
             ports.append((f.proto, f.host_port))
         rate = parse_rate(get("RATE"), "RATE in vz.conf") if get("RATE").strip() else None
         ct = parse_conntrack(get("CONNTRACK_MAX"), "CONNTRACK_MAX in vz.conf")
-        return cls(tuple(pools[4]), tuple(pools[6]), host[4], host[6], nat, tuple(ports), rate, ct)
+        return cls(tuple(pools[4]), tuple(pools[6]), host4, host6, nat, tuple(ports), rate, ct)
 
     def pools(self, version: int) -> tuple:
         return self.pools4 if version == 4 else self.pools6

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ from .hostcheck import read_sysctl
 from .naming import ctid_of_ifname
 
 if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..layout import Layout
     from ..veconf import VEConfig
 
 COUNTERS = ("traffic_in_bytes", "traffic_in_packets", "traffic_out_bytes", "traffic_out_packets")
@@ -32,6 +35,12 @@ VETH_STATS = ("tx_bytes", "tx_packets", "rx_bytes", "rx_packets")
 Counts = tuple[int, int, int, int]
 
 _boot: list[str] = []
+
+
+def _counts(values: Iterable[int]) -> Counts:
+    """Four counters as Counts: the callers hold exactly four (one per VETH_STATS name)."""
+    a, b, c, d = values
+    return a, b, c, d
 
 
 def boot_id() -> str:
@@ -69,6 +78,15 @@ def write_atomic(path: Path, text: str) -> None:
 class TrafficMixin:
     """NetworkFeature's traffic accounting (it provides ``ifname``, ``traffic_dir``, ``layout``, ``engine``)."""
 
+    if TYPE_CHECKING:  # what NetworkFeature provides
+        engine: Engine
+
+        @property
+        def layout(self) -> Layout: ...
+        @property
+        def traffic_dir(self) -> Path: ...
+        def ifname(self, ctid: int) -> str: ...
+
     def counters(self, ctid: int) -> Counts | None:
         """(bytes in, packets in, bytes out, packets out) of a VE since its network came up.
 
@@ -91,7 +109,7 @@ class TrafficMixin:
         try:
             names = os.listdir(d)
         except FileNotFoundError:
-            return tuple(out)
+            return _counts(out)
         base, folded = read_total(d / "total")
         for i, n in enumerate(base):
             out[i] += n
@@ -100,7 +118,7 @@ class TrafficMixin:
                 continue
             for i, n in enumerate(read_counts(d / name) or ()):
                 out[i] += n
-        return tuple(out)
+        return _counts(out)
 
     def _veth_run(self, ctid: int) -> tuple[str, Counts] | None:
         """(run name, counters) of the VE's host-side veth now; None when it has none."""
@@ -114,7 +132,7 @@ class TrafficMixin:
                     counts.append(int(f.read()))
         except (OSError, ValueError):
             return None
-        return f"{boot_id()}-{index}", tuple(counts)
+        return f"{boot_id()}-{index}", _counts(counts)
 
     def save_traffic(self, ctid: int) -> None:
         """Keep the counts of the VE's veth before the engine deletes it (checkpoint.py too)."""
@@ -129,7 +147,7 @@ class TrafficMixin:
         old = read_counts(path) or (0, 0, 0, 0)
         write_atomic(path, " ".join(str(max(a, b)) for a, b in zip(old, counts, strict=True)) + "\n")
 
-    def veth_deleted(self, name: str, index: int, stats: dict) -> int | None:
+    def veth_deleted(self, name: str, index: int, stats: dict[str, int]) -> int | None:
         """Keep the last counts of a VE's host-side veth that was deleted under us; return its VE, or None.
 
         A VE's root can delete its own eth0, which deletes the whole pair: the host's end, where its traffic
@@ -144,7 +162,7 @@ class TrafficMixin:
         run = f"{boot_id()}-{index}"
         if run in read_total(d / "total")[1]:
             return ctid  # folded into the total already
-        self._save_run(ctid, run, tuple(int(stats.get(k, 0)) for k in VETH_STATS))
+        self._save_run(ctid, run, _counts(int(stats.get(k, 0)) for k in VETH_STATS))
         return ctid
 
     def _fold_runs(self, ctid: int) -> None:

@@ -25,8 +25,15 @@ from .hostcheck import host_use, link_exists, listening, read_sysctl, write_sysc
 from .pool import NetSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from contextlib import AbstractContextManager
+
+    from ..firewall import Firewall
+    from ..layout import Layout
+    from ..netlink import Netlink
     from ..rollback import Rollback
     from ..veconf import VEConfig
+    from .pool import Claims
 
 VE_IFNAME = "eth0"
 GATEWAY6 = ipaddress.IPv6Address("fe80::1")
@@ -36,14 +43,33 @@ class RoutedMixin:
     """NetworkFeature's routed veths (it provides ``settings``, ``ifname``, ``firewall``, ``claims``,
     ``addresses``, ``forwards``, ``_other_confs``, ``_netlock``, ``_open_netns``, traffic and netns)."""
 
+    if TYPE_CHECKING:  # what NetworkFeature provides
+        @property
+        def layout(self) -> Layout: ...
+        @property
+        def firewall(self) -> Firewall: ...
+        @property
+        def claims(self) -> Claims: ...
+        def settings(self) -> NetSettings: ...
+        def ifname(self, ctid: int) -> str: ...
+        def addresses(self, conf: VEConfig) -> list[Address]: ...
+        def forwards(self, conf: VEConfig) -> list[PortForward]: ...
+        def _other_confs(self, ctid: int) -> Iterator[tuple[int, dict[str, str]]]: ...
+        def _netlock(self) -> AbstractContextManager[None]: ...
+        def _open_netns(self, ctid: int) -> int | None: ...
+        def _release_netns(self, ctid: int) -> None: ...
+        def save_traffic(self, ctid: int) -> None: ...
+        def _fold_runs(self, ctid: int) -> None: ...
+        def _delete_ifb(self, ctid: int) -> None: ...
+
     # --- check and apply ------------------------------------------------------------------
     def _used_addresses(self, ctid: int) -> dict[Address, int]:
         """Addresses of the other VEs of this root, and those picked by a create still running."""
         used: dict[Address, int] = {}
         for other, values in self._other_confs(ctid):
-            for a in values.get("IP_ADDRESS", "").split():
+            for text in values.get("IP_ADDRESS", "").split():
                 with contextlib.suppress(ValueError):
-                    used[ipaddress.ip_address(a)] = other
+                    used[ipaddress.ip_address(text)] = other
         for a, owner in self.claims.taken(ctid).items():
             used.setdefault(a, owner)
         return used
@@ -135,12 +161,12 @@ class RoutedMixin:
             foreign = self.firewall.foreign_forwards()
             for x in pfadd:
                 f = parse_forward(x)
-                key = (f.proto, f.host_port)
-                if any((g.proto, g.host_port) == key for g in pf_kept + pf_add):
+                port = (f.proto, f.host_port)
+                if any((g.proto, g.host_port) == port for g in pf_kept + pf_add):
                     raise InvalidInput(f"host port {f.proto}:{f.host_port} is already forwarded to VE {ctid}")
-                if key in taken:
-                    raise InvalidInput(f"host port {f.proto}:{f.host_port} is already forwarded to VE {taken[key]}")
-                if key in foreign:
+                if port in taken:
+                    raise InvalidInput(f"host port {f.proto}:{f.host_port} is already forwarded to VE {taken[port]}")
+                if port in foreign:
                     raise InvalidInput(f"host port {f.proto}:{f.host_port} is already forwarded on this host "
                                        "(by another engine root or tool)")
                 if listening(f.proto, f.host_port):
@@ -243,7 +269,7 @@ class RoutedMixin:
         self._stamp.write_text(want)
 
     def _sync(self, ctid: int, addrs: list[Address], forwards: list[PortForward], nsfd: int,
-              drop: list[Address] = (), added: list[Address] | None = None, pf_changed: bool = False,
+              drop: Sequence[Address] = (), added: list[Address] | None = None, pf_changed: bool = False,
               fresh: bool = False) -> None:
         """Make a running VE's network match ``addrs`` and ``forwards`` (the network lock is held).
 
@@ -270,19 +296,22 @@ class RoutedMixin:
                 host.delete_link(dev)  # left over from a namespace that is gone or going
                 link = None
             new_pair = link is None
-            if new_pair:
+            if link is None:
                 host_index, eth0 = self._new_pair(host, ve, dev, nsfd)
                 write_sysctl(f"/proc/sys/net/ipv4/conf/{dev}/rp_filter", "1")
                 self._fold_runs(ctid)  # the runs before this one have ended
             else:
+                assert link.peer_index is not None, "a pair that passed the check above: its peer is eth0"
                 host_index, eth0 = link.index, link.peer_index  # eth0's index inside the VE
                 host.set_up(host_index)
                 if read_sysctl(f"/proc/sys/net/ipv4/conf/{dev}/route_localnet") == "1":
                     # an older engine sent the host's 127.0.0.1:port into the VE: never again
                     write_sysctl(f"/proc/sys/net/ipv4/conf/{dev}/route_localnet", "0")
             if v4:
+                assert s.host_ip is not None, "checked above"
                 host.add_address(host_index, host_iface(s.host_ip))
             if v6:
+                assert s.host_ip6 is not None, "checked above"
                 host.add_address(host_index, host_iface(s.host_ip6))
                 # The veth's own link-local address is tentative for a second or two (DAD), and
                 # until then the host sends no neighbour solicitation on it: fe80::1 is usable
@@ -301,9 +330,9 @@ class RoutedMixin:
             for a in (addrs if new_pair or added is None else added):
                 ve.add_address(eth0, host_iface(a))
             for version, mine, gateway in ((4, v4, s.host_ip), (6, v6, GATEWAY6)):
-                family = socket.AF_INET if version == 4 else socket.AF_INET6
+                af = socket.AF_INET if version == 4 else socket.AF_INET6
                 default = ipaddress.ip_network("0.0.0.0/0" if version == 4 else "::/0")
-                has_default = False if new_pair else ve.has_default_route(family, eth0)
+                has_default = False if new_pair else ve.has_default_route(af, eth0)
                 if mine and not has_default:
                     ve.add_route(default, eth0, gateway=gateway, onlink=version == 4)
                 elif not mine and has_default:
@@ -319,7 +348,7 @@ class RoutedMixin:
                     self.firewall.set_port_forwards(ctid, dest, rules, family)
 
     @staticmethod
-    def _new_pair(host, ve, dev: str, nsfd: int) -> tuple[int, int]:
+    def _new_pair(host: Netlink, ve: Netlink, dev: str, nsfd: int) -> tuple[int, int]:
         """Create the VE's veth pair; return the indexes of its host side and of eth0 inside."""
         from ..netlink import NetlinkError
 
@@ -334,10 +363,11 @@ class RoutedMixin:
                 ve.delete_link(VE_IFNAME)
             host.add_veth(dev, VE_IFNAME, nsfd)
             link = host.link(dev)
+            assert link is not None and link.peer_index is not None, "the veth pair has just been made"
             return link.index, link.peer_index
         return host.index(dev), 2
 
-    def _route_to_ve(self, host, addr: Address, index: int) -> None:
+    def _route_to_ve(self, host: Netlink, addr: Address, index: int) -> None:
         """Route ``addr`` into the VE; answer ARP/NDP for it where it belongs to a host subnet."""
         from ..netlink import NetlinkError
 
@@ -351,7 +381,7 @@ class RoutedMixin:
             if e.errno == errno.EEXIST:  # someone else's route for it appeared meanwhile
                 raise InvalidInput(f"{addr} is already in use on this host (it has a route for it)") from None
             raise
-        if before is not None and before.connected and before.oif != index:
+        if before is not None and before.connected and before.oif is not None and before.oif != index:
             uplink = host.name(before.oif)
             if uplink and not uplink.startswith("vz"):
                 if addr.version == 6:
@@ -359,10 +389,10 @@ class RoutedMixin:
                 host.add_proxy_neighbour(addr, before.oif)
 
     @staticmethod
-    def _unproxy(host, addr: Address) -> None:
+    def _unproxy(host: Netlink, addr: Address) -> None:
         """Stop answering ARP/NDP for ``addr`` (its route into the VE is gone already)."""
         route = host.lookup(addr)
-        if route is not None and route.connected:
+        if route is not None and route.connected and route.oif is not None:  # (connected implies an oif)
             host.del_proxy_neighbour(addr, route.oif)
 
     def _teardown(self, ctid: int, addrs: list[Address], forwards: bool, locked: bool = False) -> None:
