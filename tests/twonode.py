@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,12 +182,3 @@ def make_node(name: str, link, pool, log_dir: Path):
         if problems or leftover:
             print(f"twonode cleanup of {name}: {problems} forced {leftover}", file=sys.stderr)
 
-
-def wait(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
